@@ -1,0 +1,117 @@
+/* Binarized MLP inference (BinaryNet): XNOR + popcount with batch norm
+ * folded into integer thresholds.  The semantics are defined by
+ * trainer/reference.py and docs/model-format.md; this is their kernel twin.
+ *
+ * The model is one flat array of u64 words (a map value).  Each layer's word
+ * offset and size arrive as -D flags computed by loader/layout.py from the
+ * model file, so every bound below is a compile-time constant.
+ *
+ * Arithmetic: input and weight bits are 1 for +1 and 0 for -1, padded with 0
+ * to whole words.  For n real inputs with d = popcount(x XOR w) mismatches,
+ * the ±1 dot product is a = n - 2d; padding bits are 0 on both sides and
+ * never count as mismatches. */
+#ifndef XDPNN_BNN_H
+#define XDPNN_BNN_H
+
+#if !defined(NN_HIDDEN) || !defined(NN_CLASSES) || !defined(NN_MAX_WORDS)
+#error "model shape flags missing: the loader passes them from the model file"
+#endif
+
+/* Position of activation j inside its u64 word: bytes in order, and within
+ * a byte the first activation in the most significant bit (the packet's bit
+ * order, see parse.h). */
+/* x = (x < 0) as 0 or 1, in assembly: clang turns the C shift into a
+ * compare-and-jump, and a jump per neuron or class makes the verifier walk
+ * every path (for the argmax, every (class, best so far) pair).  Selects
+ * below multiply by this bit rather than AND with a 0/-1 mask, which recent
+ * verifiers also split into two paths. */
+#define NN_SIGN_BIT(x) asm volatile("%0 >>= 63" : "+r"(x))
+
+#define NN_SHIFT(j) (((j) & 0x38) | (7 - ((j) & 7)))
+
+static __always_inline __u32 xor_popcount(const __u64 *x, const __u64 *w, const int words)
+{
+	__u32 d = 0;
+	/* words <= 16: unrolled, so each load has a constant offset. */
+#pragma unroll
+	for (int k = 0; k < words; k++)
+		d += __builtin_popcountll(x[k] ^ w[k]); /* clang emits a SWAR sequence */
+	return d;
+}
+
+/* A hidden layer: neuron j fires (bit 1) iff its dot product a >= T_j. */
+static __always_inline void bnn_hidden(const __u64 *m, const __u64 *in, __u64 *out,
+				       const int n_in, const int in_words, const int n_out,
+				       const int w_off, const int t_off)
+{
+#pragma unroll
+	for (int k = 0; k < (n_out + 63) / 64; k++)
+		out[k] = 0;
+	/* A bounded loop: the verifier walks every iteration, which is what
+	 * limits the largest model (docs/datapath.md, "Verifier limits"). */
+#pragma clang loop unroll(disable)
+	for (int j = 0; j < n_out; j++) {
+		__s64 a = n_in - 2 * (__s64)xor_popcount(in, m + w_off + j * in_words, in_words);
+		/* fire = (a >= T) = the sign bit of T - 1 - a. */
+		__u64 fire = (__s64)m[t_off + j] - 1 - a;
+		NN_SIGN_BIT(fire);
+		out[j >> 6] |= fire << NN_SHIFT(j);
+	}
+}
+
+/* Output score of class j: scale_j * a_j + bias_j. */
+static __always_inline __s64 bnn_score(const __u64 *m, const __u64 *in, const int j)
+{
+	__s64 a = NN_OUT_IN - 2 * (__s64)xor_popcount(in, m + NN_OUT_W + j * NN_OUT_IN_WORDS,
+						      NN_OUT_IN_WORDS);
+	return (__s64)m[NN_OUT_SCALE + j] * a + (__s64)m[NN_OUT_BIAS + j];
+}
+
+/* The output layer: the class is the argmax of the scores, ties going to
+ * the lowest class. */
+static __always_inline __u32 bnn_output(const __u64 *m, const __u64 *in)
+{
+	__s64 best = bnn_score(m, in, 0);
+	__s64 cls = 0;
+#pragma clang loop unroll(disable)
+	for (int j = 1; j < NN_CLASSES; j++) {
+		__s64 s = bnn_score(m, in, j);
+		/* Branchless select; scores are below 2^42 in magnitude, so
+		 * best - s cannot overflow. */
+		__s64 take = best - s;
+		NN_SIGN_BIT(take); /* 1 iff s > best */
+		best += (s - best) * take;
+		cls += (j - cls) * take;
+	}
+	return cls;
+}
+
+#define NN_HIDDEN_LAYER(l, in, out)                                                          \
+	bnn_hidden(m, in, out, NN_L##l##_IN, NN_L##l##_IN_WORDS, NN_L##l##_OUT, NN_L##l##_W, \
+		   NN_L##l##_T)
+
+/* Runs the model on x; a and b are scratch buffers of NN_MAX_WORDS words,
+ * and x may be one of them. */
+static __always_inline __u32 bnn_infer(const __u64 *m, __u64 *a, __u64 *b)
+{
+	/* Layers alternate between the two buffers: a -> b -> a -> ... */
+	NN_HIDDEN_LAYER(0, a, b);
+#if NN_HIDDEN == 1
+	return bnn_output(m, b);
+#else
+	NN_HIDDEN_LAYER(1, b, a);
+#if NN_HIDDEN == 2
+	return bnn_output(m, a);
+#else
+	NN_HIDDEN_LAYER(2, a, b);
+#if NN_HIDDEN == 3
+	return bnn_output(m, b);
+#else
+	NN_HIDDEN_LAYER(3, b, a);
+	return bnn_output(m, a);
+#endif
+#endif
+#endif
+}
+
+#endif

@@ -1,0 +1,172 @@
+/* Packet parsing: from a frame to the model's input words, or to the reason
+ * it has none.  Every read is preceded by a check against data_end, and the
+ * policy (docs/datapath.md, "Packets that are not classified") is mirrored
+ * bit for bit by trainer/features.py. */
+#ifndef XDPNN_PARSE_H
+#define XDPNN_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/udp.h>
+#include <linux/tcp.h>
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define IP_MF_ 0x2000
+#define IP_OFFSET_ 0x1FFF
+
+/* Headers mode: the fixed 32-byte feature record (docs/datapath.md). */
+#define NN_FEATURE_BYTES 32
+#define NN_FEATURE_PAYLOAD 16 /* L4 payload bytes copied into the record */
+
+struct l3 {
+	struct iphdr *ip;
+	void *l4;            /* first byte after the IPv4 header */
+	__u32 l4_len;        /* bytes of L4 (header + payload) per tot_len */
+};
+
+/* Ethernet + IPv4 up to the L4 header.  Returns NN_IN_CLASSIFIED when the
+ * frame holds a complete, unfragmented IPv4 header, else the reason. */
+static __always_inline int parse_ipv4(void *data, void *data_end, struct l3 *out)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return NN_IN_TRUNCATED;
+	__u16 proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_))
+		return NN_IN_VLAN;
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return NN_IN_IPV6;
+	if (proto != bpf_htons(ETH_P_IP))
+		return NN_IN_NON_IP;
+
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return NN_IN_TRUNCATED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return NN_IN_MALFORMED;
+	__u32 ihl = ip->ihl * 4;
+	__u32 tot_len = bpf_ntohs(ip->tot_len);
+	if (tot_len < ihl)
+		return NN_IN_MALFORMED;
+	/* tot_len may be shorter than the frame (Ethernet padding), never longer. */
+	if ((void *)ip + tot_len > data_end)
+		return NN_IN_TRUNCATED;
+	if (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
+		return NN_IN_FRAGMENT;
+	out->ip = ip;
+	out->l4 = (void *)ip + ihl;
+	out->l4_len = tot_len - ihl;
+	return NN_IN_CLASSIFIED;
+}
+
+#if NN_INPUT_MODE == NN_INPUT_PAYLOAD
+/* Payload mode: the inputs are the first NN_IN_BYTES of the payload of a UDP
+ * datagram sent to cfg->udp_port, bit 0 = the MSB of the first byte. */
+static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
+					 __u64 *x)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct l3 l3;
+	int r = parse_ipv4(data, data_end, &l3);
+	if (r != NN_IN_CLASSIFIED)
+		return r;
+	if (l3.ip->protocol != IPPROTO_UDP)
+		return NN_IN_OTHER;
+	struct udphdr *udp = l3.l4;
+	if ((void *)(udp + 1) > data_end || l3.l4_len < sizeof(*udp))
+		return NN_IN_TRUNCATED;
+	if (udp->dest != bpf_htons(cfg->udp_port))
+		return NN_IN_OTHER;
+	__u32 udp_len = bpf_ntohs(udp->len);
+	if (udp_len < sizeof(*udp) || udp_len > l3.l4_len)
+		return NN_IN_MALFORMED;
+	__u8 *payload = (void *)(udp + 1);
+	if (udp_len - sizeof(*udp) < NN_IN_BYTES || (void *)payload + NN_IN_BYTES > data_end)
+		return NN_IN_SHORT_PAYLOAD;
+
+	/* Whole words load as they are: the weights are packed in the same byte
+	 * order (docs/model-format.md), so no byte swapping is needed. */
+#pragma unroll
+	for (int k = 0; k < NN_IN_WORDS - 1; k++)
+		x[k] = *(__u64 *)(payload + 8 * k);
+	x[NN_IN_WORDS - 1] = 0;
+	__builtin_memcpy(&x[NN_IN_WORDS - 1], payload + 8 * (NN_IN_WORDS - 1),
+			 NN_IN_BYTES - 8 * (NN_IN_WORDS - 1));
+	x[NN_IN_WORDS - 1] &= NN_IN_TAIL_MASK;
+	return NN_IN_CLASSIFIED;
+}
+
+#elif NN_INPUT_MODE == NN_INPUT_HEADERS
+/* Headers mode: every unfragmented IPv4 packet becomes a 32-byte feature
+ * record; the inputs are its first NN_IN_BITS bits. */
+static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
+					 __u64 *x)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct l3 l3;
+	int r = parse_ipv4(data, data_end, &l3);
+	if (r != NN_IN_CLASSIFIED)
+		return r;
+
+	union {
+		__u8 b[NN_FEATURE_BYTES];
+		__u64 w[NN_FEATURE_BYTES / 8];
+	} f = {};
+	struct iphdr *ip = l3.ip;
+	__u8 *l4 = l3.l4;
+	__u32 l4_hdr = 0;
+	f.b[0] = ip->protocol;
+	f.b[1] = ip->ttl;
+	f.b[2] = ip->tos;
+	__builtin_memcpy(&f.b[4], &ip->tot_len, 2);
+	f.b[14] = ip->ihl * 4;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)l4;
+		if ((void *)(tcp + 1) > data_end || l3.l4_len < sizeof(*tcp))
+			return NN_IN_TRUNCATED;
+		if (tcp->doff < 5)
+			return NN_IN_MALFORMED;
+		l4_hdr = tcp->doff * 4;
+		if (l4_hdr > l3.l4_len)
+			return NN_IN_TRUNCATED;
+		f.b[3] = ((__u8 *)tcp)[13]; /* CWR ECE URG ACK PSH RST SYN FIN */
+		__builtin_memcpy(&f.b[6], &tcp->source, 2);
+		__builtin_memcpy(&f.b[8], &tcp->dest, 2);
+		__builtin_memcpy(&f.b[12], &tcp->window, 2);
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = (void *)l4;
+		if ((void *)(udp + 1) > data_end || l3.l4_len < sizeof(*udp))
+			return NN_IN_TRUNCATED;
+		l4_hdr = sizeof(*udp);
+		__builtin_memcpy(&f.b[6], &udp->source, 2);
+		__builtin_memcpy(&f.b[8], &udp->dest, 2);
+	}
+	__u32 payload_len = l3.l4_len - l4_hdr;
+	f.b[10] = payload_len >> 8;
+	f.b[11] = payload_len & 0xff;
+	f.b[15] = l4_hdr;
+
+	/* l4_hdr is at most 60, so the verifier can bound l4 + l4_hdr + i. */
+	__u8 *payload = l4 + (l4_hdr & 0x3f);
+#pragma unroll
+	for (int i = 0; i < NN_FEATURE_PAYLOAD; i++) {
+		if (i >= payload_len || (void *)(payload + i + 1) > data_end)
+			break;
+		f.b[16 + i] = payload[i];
+	}
+
+#pragma unroll
+	for (int k = 0; k < NN_IN_WORDS; k++)
+		x[k] = f.w[k];
+	x[NN_IN_WORDS - 1] &= NN_IN_TAIL_MASK;
+	return NN_IN_CLASSIFIED;
+}
+#else
+#error "NN_INPUT_MODE must be NN_INPUT_PAYLOAD or NN_INPUT_HEADERS"
+#endif
+
+#endif

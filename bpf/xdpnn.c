@@ -1,0 +1,123 @@
+/* xdpnn: binarized MLP inference on every packet, beside a forwarding path.
+ *
+ * Per packet: parse (parse.h) -> model input or a reason it has none ->
+ * inference (bnn.h) -> the class's action; packets that are not classified
+ * take the default path untouched.  The default path is the forwarding
+ * peer (DEVMAP redirect) when there is one, else the local stack.
+ *
+ * Compiled by loader/compile.py with the model's shape as -D flags. */
+#include "xdpnn_shared.h"
+
+#ifndef NN_INPUT_MODE
+#error "NN_INPUT_MODE missing: the loader passes it"
+#endif
+#if !defined(NN_IN_BITS) || !defined(NN_IN_BYTES) || !defined(NN_IN_WORDS) || \
+	!defined(NN_IN_TAIL_MASK) || !defined(NN_MODEL_WORDS)
+#error "input shape flags missing: the loader passes them from the model file"
+#endif
+
+#include "parse.h"
+#include "bnn.h"
+
+struct nn_model_words {
+	__u64 w[NN_MODEL_WORDS];
+};
+
+/* The model, in two slots: the loader writes the idle slot, then flips
+ * nn_config.active_slot, so a swap never shows a packet half a model. */
+BPF_ARRAY(nn_model, struct nn_model_words, 2);
+/* Port, actions and the forwarding pair; written by the loader. */
+BPF_ARRAY(nn_config, struct nn_config, 1);
+/* Counters per input result, verdict and class; read by `xdpnn stats`. */
+BPF_PERCPU_ARRAY(nn_counters, struct nn_counters, 1);
+/* Egress ports of the forwarding pair (slot 0, slot 1); written by the loader. */
+BPF_DEVMAP(nn_tx_port, 2);
+
+/* The attach record (JSON) that `xdpnn status` and later commands read;
+ * written by the loader, never read by the program. */
+struct nn_meta {
+	char json[16384];
+};
+BPF_ARRAY(nn_meta, struct nn_meta, 1);
+
+/* Activations of the layer being computed: too big for the 512-byte BPF
+ * stack in large models; per CPU, so packets never share one. */
+struct nn_scratch {
+	__u64 a[NN_MAX_WORDS];
+	__u64 b[NN_MAX_WORDS];
+};
+BPF_PERCPU_ARRAY(nn_scratch, struct nn_scratch, 1);
+
+#ifdef NN_RECORD_INPUT
+/* Debug builds only (predict, tests): the last input the model saw. */
+struct nn_last_input {
+	__u64 words[NN_MAX_WORDS];
+	__u32 cls;
+	__u32 result;
+};
+BPF_PERCPU_ARRAY(nn_last, struct nn_last_input, 1);
+#endif
+
+static __always_inline int forward(struct xdp_md *ctx, const struct nn_config *cfg)
+{
+	__u32 out = ctx->ingress_ifindex == cfg->ifindex[0] ? 1 : 0;
+	/* An empty slot (no peer) falls back to XDP_PASS. */
+	return nn_tx_port.redirect_map(out, XDP_PASS);
+}
+
+static __always_inline int verdict(struct nn_counters *c, int v)
+{
+	if (v >= 0 && v < 5)
+		c->verdict[v]++;
+	return v;
+}
+
+int xdpnn(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct nn_config *cfg = nn_config.lookup(&zero);
+	struct nn_counters *c = nn_counters.lookup(&zero);
+	struct nn_scratch *s = nn_scratch.lookup(&zero);
+	if (!cfg || !c || !s)
+		return XDP_PASS; /* cannot happen: one-entry arrays always exist */
+
+	/* s->a holds the input, then alternates with s->b as layers run. */
+	int r = extract_input(ctx, cfg, s->a);
+#ifdef NN_RECORD_INPUT
+	struct nn_last_input *last = nn_last.lookup(&zero);
+	if (last) {
+		__builtin_memcpy(last->words, s->a, sizeof(s->a));
+		last->result = r;
+		last->cls = NN_MAX_CLASSES;
+	}
+#endif
+	if (r != NN_IN_CLASSIFIED) {
+		if (r > 0 && r < NN_IN__COUNT)
+			c->input[r]++;
+		return verdict(c, forward(ctx, cfg));
+	}
+	c->input[NN_IN_CLASSIFIED]++;
+
+	__u32 slot = cfg->active_slot & 1;
+	struct nn_model_words *model = nn_model.lookup(&slot);
+	if (!model)
+		return verdict(c, forward(ctx, cfg));
+	const __u64 *m = model->w;
+	__u32 cls = bnn_infer(m, s->a, s->b) & (NN_MAX_CLASSES - 1);
+	c->class_packets[cls]++;
+#ifdef NN_RECORD_INPUT
+	if (last)
+		last->cls = cls;
+#endif
+
+	switch (cfg->action[cls]) {
+	case NN_ACT_PASS:
+		return verdict(c, XDP_PASS);
+	case NN_ACT_DROP:
+		return verdict(c, XDP_DROP);
+	case NN_ACT_REDIRECT:
+	case NN_ACT_COUNT:
+	default:
+		return verdict(c, forward(ctx, cfg));
+	}
+}

@@ -1,0 +1,196 @@
+"""The few BPF system calls the control plane needs beyond compiling, through
+libbpf (Debian's libbpf1) and ctypes: pins, map reads and writes, XDP attach
+and detach, program info and BPF_PROG_TEST_RUN (which BCC 0.26 lacks).
+
+Every function raises BpfError with the operation, the object and the errno.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as errno_mod
+import os
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
+XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+XDP_VERDICTS = ("aborted", "drop", "pass", "tx", "redirect")
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+class BpfError(OSError):
+    """A BPF system call failed."""
+
+
+def _load_libbpf():
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError as e:
+        raise BpfError(f"cannot load libbpf ({name}): {e}; install Debian's libbpf1") from None
+
+
+_lib = None
+
+
+def lib():
+    global _lib
+    if _lib is None:
+        _lib = _load_libbpf()
+        u32p, vp = ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p
+        for name, args in {
+            "bpf_obj_pin": [ctypes.c_int, ctypes.c_char_p],
+            "bpf_obj_get": [ctypes.c_char_p],
+            "bpf_map_lookup_elem": [ctypes.c_int, vp, vp],
+            "bpf_map_update_elem": [ctypes.c_int, vp, vp, ctypes.c_uint64],
+            "bpf_prog_test_run_opts": [ctypes.c_int, vp],
+            "bpf_xdp_attach": [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, vp],
+            "bpf_xdp_query_id": [ctypes.c_int, ctypes.c_int, u32p],
+            "bpf_obj_get_info_by_fd": [ctypes.c_int, vp, u32p],
+            "bpf_prog_get_fd_by_id": [ctypes.c_uint32],
+            "libbpf_num_possible_cpus": [],
+        }.items():
+            getattr(_lib, name).argtypes = args
+            getattr(_lib, name).restype = ctypes.c_int
+    return _lib
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = -ret if ret != -1 else ctypes.get_errno()
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def possible_cpus() -> int:
+    return _check(lib().libbpf_num_possible_cpus(), "count possible CPUs")
+
+
+def pin(fd: int, path: str) -> None:
+    _check(lib().bpf_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def get_pinned(path: str) -> int:
+    return _check(lib().bpf_obj_get(path.encode()), f"open pinned object {path}")
+
+
+def map_lookup(fd: int, key: int, value_size: int, what: str = "map") -> bytes:
+    k = ctypes.c_uint32(key)
+    buf = ctypes.create_string_buffer(value_size)
+    _check(lib().bpf_map_lookup_elem(fd, ctypes.byref(k), buf), f"read {what}[{key}]")
+    return buf.raw
+
+
+def map_update(fd: int, key: int, value: bytes | ctypes.Structure, what: str = "map") -> None:
+    k = ctypes.c_uint32(key)
+    buf = ctypes.create_string_buffer(bytes(value), len(bytes(value)))
+    _check(lib().bpf_map_update_elem(fd, ctypes.byref(k), buf, 0), f"write {what}[{key}]")
+
+
+class TestRunOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p),
+                ("data_out", ctypes.c_void_p), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
+                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32),
+                ("ctx_size_out", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
+                ("batch_size", ctypes.c_uint32)]
+
+
+def test_run(prog_fd: int, frame: bytes, repeat: int = 1, flags: int = 0,
+             batch_size: int = 0) -> tuple[int, int, bytes]:
+    """BPF_PROG_TEST_RUN: returns (XDP verdict, average ns per run, frame out)."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    out_size = 0 if flags & BPF_F_TEST_XDP_LIVE_FRAMES else len(frame) + 256
+    data_out = ctypes.create_string_buffer(max(out_size, 1))
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), repeat=repeat, flags=flags,
+                       batch_size=batch_size, data_size_in=len(frame),
+                       data_in=ctypes.cast(data_in, ctypes.c_void_p))
+    if out_size:
+        opts.data_out = ctypes.cast(data_out, ctypes.c_void_p)
+        opts.data_size_out = out_size
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return opts.retval, opts.duration, data_out.raw[:opts.data_size_out]
+
+
+class AttachOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("old_prog_fd", ctypes.c_int)]
+
+
+def xdp_attach(ifindex: int, prog_fd: int, mode: str, ifname: str) -> None:
+    """Attaches, refusing to replace a program that is already there."""
+    flags = XDP_FLAGS_UPDATE_IF_NOEXIST | XDP_MODE_FLAGS[mode]
+    ret = lib().bpf_xdp_attach(ifindex, prog_fd, flags, None)
+    if ret == -errno_mod.EBUSY or ret == -errno_mod.EEXIST:
+        raise BpfError(errno_mod.EBUSY, f"attach XDP to {ifname}: another XDP program is "
+                                        "already attached (see `ip link show`)")
+    _check(ret, f"attach XDP ({mode}) to {ifname}")
+
+
+def xdp_detach(ifindex: int, prog_fd: int, mode: str, ifname: str) -> None:
+    """Detaches our program only: fails if another one replaced it."""
+    opts = AttachOpts(sz=ctypes.sizeof(AttachOpts), old_prog_fd=prog_fd)
+    flags = XDP_FLAGS_REPLACE | XDP_MODE_FLAGS[mode]
+    _check(lib().bpf_xdp_attach(ifindex, -1, flags, ctypes.byref(opts)),
+           f"detach XDP from {ifname}")
+
+
+def xdp_prog_id(ifindex: int) -> int:
+    """Id of the XDP program attached to ifindex (0 if none)."""
+    pid = ctypes.c_uint32(0)
+    _check(lib().bpf_xdp_query_id(ifindex, 0, ctypes.byref(pid)), f"query XDP on ifindex {ifindex}")
+    return pid.value
+
+
+class ProgInfo(ctypes.Structure):
+    """struct bpf_prog_info (UAPI), up to the fields we read."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("gpl_compatible", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("nr_jited_ksyms", ctypes.c_uint32),
+                ("nr_jited_func_lens", ctypes.c_uint32), ("jited_ksyms", ctypes.c_uint64),
+                ("jited_func_lens", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("nr_func_info", ctypes.c_uint32), ("nr_line_info", ctypes.c_uint32),
+                ("line_info", ctypes.c_uint64), ("jited_line_info", ctypes.c_uint64),
+                ("nr_jited_line_info", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("jited_line_info_rec_size", ctypes.c_uint32), ("nr_prog_tags", ctypes.c_uint32),
+                ("prog_tags", ctypes.c_uint64), ("run_time_ns", ctypes.c_uint64),
+                ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64),
+                ("verified_insns", ctypes.c_uint32), ("attach_btf_obj_id", ctypes.c_uint32),
+                ("attach_btf_id", ctypes.c_uint32)]
+
+
+class MapInfo(ctypes.Structure):
+    """struct bpf_map_info (UAPI), up to the fields we read."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16)]
+
+
+def obj_info(fd: int, info_type, what: str):
+    info = info_type()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           f"get info of {what}")
+    return info
+
+
+def prog_info(fd: int) -> ProgInfo:
+    return obj_info(fd, ProgInfo, "program")
+
+
+def map_info(fd: int) -> MapInfo:
+    return obj_info(fd, MapInfo, "map")
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _check(lib().bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")

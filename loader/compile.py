@@ -1,0 +1,153 @@
+"""Compile + load: bpf/xdpnn.c built by BCC for one model's shape, its maps
+created and filled, nothing attached yet.  Used by attach, predict, verify
+and the tests alike, so all of them run the same program.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loader import bpf_sys, layout, maps
+from loader.errors import BuildError, MissingFeatureError
+from trainer.model import Model
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+SOURCE = BPF_DIR / "xdpnn.c"
+MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
+
+
+def import_bcc():
+    try:
+        from bcc import BPF  # Debian's python3-bpfcc
+    except ImportError:
+        raise MissingFeatureError(
+            "compile: the bcc Python module is missing: install Debian's python3-bpfcc and use "
+            "/usr/bin/python3 (or a venv made with --system-site-packages)") from None
+    return BPF
+
+
+@contextmanager
+def captured_stderr():
+    """Collects what libbcc and clang print on fd 2 (diagnostics, verifier log)."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        text = []
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.append(tmp.read().decode(errors="replace"))
+
+
+def _summary(log: str, fallback: str) -> str:
+    """The line of a compiler or verifier log that says what went wrong."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for pattern in (r"error:", r"(too large|too complex|limit|invalid|out of range|"
+                                r"unbounded|exceeds|R\d+ )"):
+        hits = [ln for ln in lines if re.search(pattern, ln)]
+        if hits:
+            return hits[0] if pattern == "error:" else hits[-1]
+    return lines[-1] if lines else fallback
+
+
+@dataclass
+class Program:
+    """A loaded, unattached XDP program and its maps (name -> fd)."""
+    bpf: object
+    prog_fd: int
+    maps: dict[str, int]
+    model: Model
+    cflags: list[str]
+    record_input: bool
+
+    def close(self):
+        self.bpf.cleanup()
+
+
+def source_and_flags(model: Model, record_input: bool = False) -> tuple[str, list[str]]:
+    return SOURCE.read_text(), layout.cflags(model, record_input) + [f"-I{BPF_DIR}"]
+
+
+def build(model: Model, record_input: bool = False) -> Program:
+    """Compiles and loads the program for model, fills slot 0 with it."""
+    BPF = import_bcc()
+    text, cflags = source_and_flags(model, record_input)
+    with captured_stderr() as log:
+        try:
+            bpf = BPF(text=text, cflags=cflags)
+        except Exception as e:
+            err = e
+        else:
+            err = None
+    if err is not None:
+        raise BuildError(f"compile {SOURCE.name} for model {model.shape}: "
+                         f"{_summary(log[0], str(err))}")
+    with captured_stderr() as log:
+        try:
+            fn = bpf.load_func("xdpnn", BPF.XDP)
+        except Exception as e:
+            err = e
+        else:
+            err = None
+    if err is not None:
+        bpf.cleanup()
+        if "Argument list too long" in str(err):  # E2BIG: BCC says "Program too large"
+            why = ("it needs more than the verifier's 1,000,000 processed instructions; "
+                   "use smaller layers (docs/datapath.md, 'Verifier limits')")
+        else:
+            why = _summary(log[0], str(err))
+        raise BuildError(f"load XDP program for model {model.shape}: verifier rejected it: "
+                         f"{why}")
+    prog = Program(bpf=bpf, prog_fd=fn.fd, maps={n: bpf[n].map_fd for n in MAP_NAMES},
+                   model=model, cflags=cflags, record_input=record_input)
+    try:
+        check_layouts(bpf)
+        write_model(prog.maps["nn_model"], model, slot=0)
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+def check_layouts(bpf) -> None:
+    """The ctypes mirrors in loader/maps.py must match what BCC compiled."""
+    for name, mirror in maps.MIRRORS.items():
+        table = bpf[name]
+        leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables wrap the struct
+        got = [(f[0], ctypes.sizeof(f[1])) for f in leaf._fields_]
+        want = [(f[0], ctypes.sizeof(f[1])) for f in mirror._fields_]
+        if got != want or ctypes.sizeof(leaf) != ctypes.sizeof(mirror):
+            raise BuildError(f"layout of map {name}: bpf/xdpnn_shared.h has {got}, "
+                             f"loader/maps.py has {want}")
+
+
+def write_model(map_fd: int, model: Model, slot: int) -> None:
+    words = layout.model_words(model)
+    size = bpf_sys.map_info(map_fd).value_size
+    if size != words.nbytes:
+        raise BuildError(f"fill map nn_model: value size is {size} bytes, model {model.shape} "
+                         f"needs {words.nbytes}")
+    bpf_sys.map_update(map_fd, slot, words.tobytes(), "nn_model")
+
+
+def read_config(map_fd: int) -> maps.Config:
+    return maps.Config.from_buffer_copy(
+        bpf_sys.map_lookup(map_fd, 0, ctypes.sizeof(maps.Config), "nn_config"))
+
+
+def write_config(map_fd: int, cfg: maps.Config) -> None:
+    bpf_sys.map_update(map_fd, 0, bytes(cfg), "nn_config")
+
+
+def read_counters(map_fd: int) -> dict:
+    n = bpf_sys.possible_cpus()
+    raw = bpf_sys.map_lookup(map_fd, 0, n * ctypes.sizeof(maps.Counters), "nn_counters")
+    return maps.sum_counters(raw, n)

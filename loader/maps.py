@@ -1,0 +1,41 @@
+"""Map value layouts from bpf/xdpnn_shared.h, for processes that open pinned
+maps without compiling (stats, swap, set, detach).
+
+compile.check_layouts() compares each mirror with the type BCC compiled
+from the header, at every build, so the two cannot drift apart silently.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+MAX_CLASSES = 64  # NN_MAX_CLASSES
+ACTIONS = ("count", "pass", "drop", "redirect")  # enum nn_action, in order
+INPUT_RESULTS = ("classified", "other", "non_ip", "ipv6", "vlan", "truncated", "malformed",
+                 "fragment", "short_payload")  # enum nn_input_result, in order
+VERDICTS = ("aborted", "drop", "pass", "tx", "redirect")  # XDP action codes
+META_BYTES = 16384
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("active_slot", ctypes.c_uint32), ("udp_port", ctypes.c_uint32),
+                ("ifindex", ctypes.c_uint32 * 2), ("action", ctypes.c_uint8 * MAX_CLASSES)]
+
+
+class Counters(ctypes.Structure):
+    _fields_ = [("input", ctypes.c_uint64 * len(INPUT_RESULTS)),
+                ("verdict", ctypes.c_uint64 * len(VERDICTS)),
+                ("class_packets", ctypes.c_uint64 * MAX_CLASSES)]
+
+
+MIRRORS = {"nn_config": Config, "nn_counters": Counters}
+
+
+def sum_counters(raw: bytes, n_cpus: int) -> dict[str, np.ndarray]:
+    """Per-CPU counter values (as read from the map) summed over CPUs."""
+    # Per-CPU values are laid out one per CPU, each rounded up to 8 bytes.
+    per_cpu = np.frombuffer(raw, "<u8").reshape(n_cpus, -1).sum(axis=0)
+    a, b = len(INPUT_RESULTS), len(VERDICTS)
+    return {"input": per_cpu[:a], "verdict": per_cpu[a:a + b],
+            "class_packets": per_cpu[a + b:a + b + MAX_CLASSES]}

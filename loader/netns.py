@@ -1,0 +1,58 @@
+"""Entering a named network namespace (as `ip -n NAME` does) for one block.
+
+Interface names, ifindexes, DEVMAP entries and XDP attach all resolve in the
+caller's network namespace, so the loader enters the target namespace on the
+calling thread instead of re-executing itself under `ip netns exec` (which
+would also hide the host's bpffs, where the pins live).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from contextlib import contextmanager
+
+from loader.errors import AttachError
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise AttachError(f"enter network namespace {what}: {os.strerror(err)}")
+
+
+@contextmanager
+def netns(name: str | None):
+    """Runs the block inside network namespace `name` (None: stay here)."""
+    if not name:
+        yield
+        return
+    path = os.path.join(NETNS_RUN_DIR, name)
+    try:
+        target = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise AttachError(f"network namespace {name} not found ({path})") from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        _setns(target, name)
+        try:
+            yield
+        finally:
+            _setns(home, "of this process")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def ifindex(ifname: str, ns: str | None) -> int:
+    """The ifindex of ifname in ns (must be called inside ns)."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        where = f" in network namespace {ns}" if ns else ""
+        raise AttachError(f"interface {ifname} not found{where}") from None
