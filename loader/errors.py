@@ -39,6 +39,11 @@ class MissingFeatureError(XdpnnError):
     exit_code = 8
 
 
+class PrivilegeError(XdpnnError):
+    """The command needs root."""
+    exit_code = 9
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in
               (XdpnnError, UsageError, ModelFileError, BuildError, AttachError,
-               MismatchError, StateError, MissingFeatureError)}
+               MismatchError, StateError, MissingFeatureError, PrivilegeError)}

@@ -10,10 +10,10 @@ import ctypes
 
 import numpy as np
 
+from trainer.features import INPUT_RESULTS  # enum nn_input_result, in order
+
 MAX_CLASSES = 64  # NN_MAX_CLASSES
 ACTIONS = ("count", "pass", "drop", "redirect")  # enum nn_action, in order
-INPUT_RESULTS = ("classified", "other", "non_ip", "ipv6", "vlan", "truncated", "malformed",
-                 "fragment", "short_payload")  # enum nn_input_result, in order
 VERDICTS = ("aborted", "drop", "pass", "tx", "redirect")  # XDP action codes
 META_BYTES = 16384
 

@@ -1,0 +1,324 @@
+"""Attach, detach, swap, set, status and stats: the datapath on interfaces.
+
+An attached datapath lives in bpffs under /sys/fs/bpf/xdpnn/<iface>[@<netns>]:
+the program, its maps and nn_meta, a map holding the attach record (JSON)
+that later commands read.  Every pin and attach is undone if a later step
+fails, so a failed `attach` leaves the system as it was.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from loader import bpf_sys, compile, maps
+from loader.errors import AttachError, MissingFeatureError, StateError, UsageError
+from loader.netns import ifindex, netns
+from trainer import model as model_file
+
+BPFFS = "/sys/fs/bpf"
+PIN_ROOT = f"{BPFFS}/xdpnn"
+PINNED_MAPS = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
+
+
+def pin_dir(iface: str, ns: str | None) -> str:
+    return f"{PIN_ROOT}/{iface}@{ns}" if ns else f"{PIN_ROOT}/{iface}"
+
+
+def ensure_bpffs() -> None:
+    """Mounts bpffs at /sys/fs/bpf if nothing is mounted there (as bpftool does)."""
+    with open("/proc/self/mounts") as f:
+        if any(line.split()[1:3] == [BPFFS, "bpf"] for line in f):
+            return
+    r = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise MissingFeatureError(f"mount bpffs at {BPFFS}: {r.stderr.strip()} "
+                                  "(inside `ip netns exec`? use `xdpnn -n NETNS` instead)")
+
+
+def parse_actions(specs: list[str], classes: list[str], has_peer: bool) -> list[int]:
+    """CLASS=ACTION strings -> enum nn_action per class (default: count)."""
+    acts = [0] * len(classes)
+    for spec in specs:
+        name, sep, action = spec.partition("=")
+        if not sep or action not in maps.ACTIONS:
+            raise UsageError(f"action '{spec}': expected CLASS=ACTION with ACTION one of "
+                             f"{', '.join(maps.ACTIONS)}")
+        targets = range(len(classes)) if name == "all" else [_class_index(name, classes)]
+        if action == "redirect" and not has_peer:
+            raise UsageError(f"action '{spec}': redirect needs a forwarding peer (--peer)")
+        for k in targets:
+            acts[k] = maps.ACTIONS.index(action)
+    return acts
+
+
+def _class_index(name: str, classes: list[str]) -> int:
+    if name in classes:
+        return classes.index(name)
+    if name.isdigit() and int(name) < len(classes):
+        return int(name)
+    raise UsageError(f"action class '{name}': the model's classes are {', '.join(classes)} "
+                     f"(or 0..{len(classes) - 1}, or 'all')")
+
+
+def model_summary(model: model_file.Model, path: str) -> dict:
+    return {"path": os.path.abspath(path), "sha256": hashlib.sha256(Path(path).read_bytes())
+            .hexdigest(), "shape": model.shape, "classes": model.classes,
+            "input": model.input, "provenance": model.provenance}
+
+
+def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str | None = None,
+           port: int | None = None, actions: list[str] = (), xdp_mode: str = "native",
+           ns: str | None = None) -> dict:
+    """Validates, compiles, fills maps, pins and attaches; all or nothing."""
+    model = load_model(model_path)
+    if input_mode and input_mode != model.mode:
+        model.input = {"mode": input_mode, **({"port": model.input.get("port")}
+                                             if input_mode == "payload" else {})}
+        _validate(model, model_path)
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: expected 1..65535")
+    port = port or model.input.get("port") or model_file.DEFAULT_PORT
+    if peer == iface:
+        raise UsageError(f"--peer {peer}: the peer must be another interface")
+    acts = parse_actions(list(actions), model.classes, bool(peer))
+    ensure_bpffs()
+    pdir = pin_dir(iface, ns)
+    if os.path.exists(pdir):
+        raise StateError(f"attach {iface}: xdpnn is already attached ({pdir}); "
+                         f"run `xdpnn detach {iface}` or `xdpnn swap`")
+    ifaces = [iface] + ([peer] if peer else [])
+    with netns(ns):
+        idx = [ifindex(name, ns) for name in ifaces]
+        if peer and link_of(iface) == peer:
+            raise UsageError(f"--peer {peer}: {iface} and {peer} are the two ends of one veth "
+                             "pair; forwarding between them would loop packets forever")
+        for name, i in zip(ifaces, idx):
+            if bpf_sys.xdp_prog_id(i):
+                raise AttachError(f"attach {name}: another XDP program is already attached "
+                                  f"(id {bpf_sys.xdp_prog_id(i)}); detach it first")
+
+    prog = compile.build(model)
+    with ExitStack() as undo:
+        undo.callback(prog.close)
+        cfg = maps.Config(active_slot=0, udp_port=port)
+        cfg.ifindex[0] = idx[0]
+        cfg.ifindex[1] = idx[1] if peer else 0
+        for k, a in enumerate(acts):
+            cfg.action[k] = a
+        compile.write_config(prog.maps["nn_config"], cfg)
+        record = {"iface": iface, "peer": peer, "netns": ns, "xdp_mode": xdp_mode,
+                  "input": model.mode, "port": port if model.mode == "payload" else None,
+                  "model": model_summary(model, model_path),
+                  "actions": {c: maps.ACTIONS[a] for c, a in zip(model.classes, acts)},
+                  "prog_id": bpf_sys.prog_info(prog.prog_fd).id,
+                  "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_record(prog.maps["nn_meta"], record)
+        with netns(ns):
+            # DEVMAP entries resolve ifindexes in the caller's namespace.
+            for slot, i in enumerate(idx):
+                bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i), "nn_tx_port")
+
+        os.makedirs(pdir)
+        undo.callback(remove_pins, pdir)
+        bpf_sys.pin(prog.prog_fd, f"{pdir}/prog")
+        for name in PINNED_MAPS:
+            bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
+
+        with netns(ns):
+            for name, i in zip(ifaces, idx):
+                try:
+                    bpf_sys.xdp_attach(i, prog.prog_fd, xdp_mode, name)
+                except bpf_sys.BpfError as e:
+                    raise AttachError(str(e)) from None
+                undo.callback(_detach_in, ns, i, prog.prog_fd, xdp_mode, name)
+        undo.pop_all()
+    prog.close()  # the pins and the attachments hold the program now
+    return record
+
+
+def link_of(ifname: str) -> str | None:
+    """The interface ifname is linked to (a veth's other end), if in this netns."""
+    r = subprocess.run(["ip", "-j", "link", "show", "dev", ifname], capture_output=True,
+                       text=True)  # runs in the calling thread's network namespace
+    try:
+        return json.loads(r.stdout)[0].get("link")
+    except (ValueError, IndexError):
+        return None
+
+
+def _detach_in(ns, idx, prog_fd, xdp_mode, name):
+    with netns(ns):
+        bpf_sys.xdp_detach(idx, prog_fd, xdp_mode, name)
+
+
+def load_model(path: str) -> model_file.Model:
+    from loader.errors import ModelFileError
+    try:
+        return model_file.load(path)
+    except model_file.ModelError as e:
+        raise ModelFileError(f"load model {e}") from None
+
+
+def _validate(model, path):
+    from loader.errors import ModelFileError
+    try:
+        model.validate()
+    except model_file.ModelError as e:
+        raise ModelFileError(f"load model {path}: {e}") from None
+
+
+def write_record(meta_fd: int, record: dict) -> None:
+    data = json.dumps(record).encode()
+    if len(data) >= maps.META_BYTES:
+        raise AttachError(f"attach record is {len(data)} bytes, nn_meta holds {maps.META_BYTES}")
+    bpf_sys.map_update(meta_fd, 0, data.ljust(maps.META_BYTES, b"\0"), "nn_meta")
+
+
+def read_record(pdir: str) -> dict:
+    fd = bpf_sys.get_pinned(f"{pdir}/nn_meta")
+    try:
+        raw = bpf_sys.map_lookup(fd, 0, maps.META_BYTES, "nn_meta")
+    finally:
+        os.close(fd)
+    return json.loads(raw.rstrip(b"\0") or b"{}")
+
+
+def remove_pins(pdir: str) -> None:
+    for entry in os.listdir(pdir):
+        os.unlink(f"{pdir}/{entry}")
+    os.rmdir(pdir)
+
+
+class Pinned:
+    """Opens an attached datapath's pins; use as a context manager."""
+
+    def __init__(self, iface: str, ns: str | None):
+        self.dir = pin_dir(iface, ns)
+        if not os.path.isdir(self.dir):
+            raise StateError(f"{iface}{' in netns ' + ns if ns else ''}: xdpnn is not attached "
+                             f"(no {self.dir}; see `xdpnn status`)")
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self):
+        for name in ("prog",) + PINNED_MAPS:
+            path = f"{self.dir}/{name}"
+            if os.path.exists(path):
+                self.fds[name] = bpf_sys.get_pinned(path)
+        self.record = read_record(self.dir) if "nn_meta" in self.fds else {}
+        return self
+
+    def __exit__(self, *exc):
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def detach(iface: str, ns: str | None) -> dict:
+    """Detaches from the interface and its peer, then removes the pins."""
+    ensure_bpffs()
+    report = {"iface": iface, "netns": ns, "detached": [], "skipped": []}
+    with Pinned(iface, ns) as p:
+        rec = p.record
+        prog_id = bpf_sys.prog_info(p.fds["prog"]).id if "prog" in p.fds else None
+        for name in [rec.get("iface", iface)] + ([rec["peer"]] if rec.get("peer") else []):
+            try:
+                with netns(ns):
+                    i = ifindex(name, ns)
+                    current = bpf_sys.xdp_prog_id(i)
+                    if current and current == prog_id:
+                        bpf_sys.xdp_detach(i, p.fds["prog"], rec.get("xdp_mode", "native"), name)
+                        report["detached"].append(name)
+                    else:
+                        report["skipped"].append(f"{name}: xdpnn not attached there")
+            except AttachError as e:  # interface or namespace gone
+                report["skipped"].append(str(e))
+    remove_pins(p.dir)
+    return report
+
+
+def status() -> list[dict]:
+    """Every attached datapath, with whether its interfaces still carry it."""
+    if not os.path.isdir(PIN_ROOT):
+        return []
+    out = []
+    for entry in sorted(os.listdir(PIN_ROOT)):
+        iface, _, ns = entry.partition("@")
+        try:
+            with Pinned(iface, ns or None) as p:
+                rec = dict(p.record)
+                prog_id = bpf_sys.prog_info(p.fds["prog"]).id
+                cfg = compile.read_config(p.fds["nn_config"])
+        except (OSError, ValueError, StateError) as e:
+            out.append({"iface": iface, "netns": ns or None, "state": f"broken: {e}"})
+            continue
+        rec["active_slot"] = cfg.active_slot
+        live = []
+        for name in [rec["iface"]] + ([rec["peer"]] if rec.get("peer") else []):
+            try:
+                with netns(ns or None):
+                    live.append(bpf_sys.xdp_prog_id(ifindex(name, ns)) == prog_id)
+            except (AttachError, bpf_sys.BpfError):
+                live.append(False)
+        rec["state"] = "attached" if all(live) else "stale (interface gone or replaced)"
+        out.append(rec)
+    return out
+
+
+def stats(iface: str, ns: str | None) -> dict:
+    """Counter totals since attach, named."""
+    with Pinned(iface, ns) as p:
+        c = compile.read_counters(p.fds["nn_counters"])
+        classes = p.record["model"]["classes"]
+    return {"iface": iface, "netns": ns, "time": time.time(),
+            "classes": {name: int(c["class_packets"][k]) for k, name in enumerate(classes)},
+            "input": {name: int(v) for name, v in zip(maps.INPUT_RESULTS, c["input"])},
+            "verdict": {name: int(v) for name, v in zip(maps.VERDICTS, c["verdict"])}}
+
+
+def swap(iface: str, ns: str | None, model_path: str) -> dict:
+    """Writes a same-shape model into the idle slot, then makes it active."""
+    new = load_model(model_path)
+    with Pinned(iface, ns) as p:
+        rec = p.record
+        old = rec["model"]
+        if new.shape != old["shape"] or new.mode != rec["input"]:
+            raise UsageError(f"swap {iface}: model {model_path} is {new.shape} ({new.mode}); the "
+                             f"attached one is {old['shape']} ({rec['input']}): detach and attach")
+        cfg = compile.read_config(p.fds["nn_config"])
+        slot = 1 - cfg.active_slot
+        compile.write_model(p.fds["nn_model"], new, slot)
+        cfg.active_slot = slot
+        compile.write_config(p.fds["nn_config"], cfg)
+        rec["model"] = model_summary(new, model_path)
+        rec["actions"] = {c: a for c, a in zip(new.classes, rec["actions"].values())}
+        write_record(p.fds["nn_meta"], rec)
+    return rec
+
+
+def set_options(iface: str, ns: str | None, actions: list[str], port: int | None) -> dict:
+    """Changes per-class actions and the request port of an attached datapath."""
+    with Pinned(iface, ns) as p:
+        rec = p.record
+        classes = rec["model"]["classes"]
+        cfg = compile.read_config(p.fds["nn_config"])
+        current = [maps.ACTIONS.index(rec["actions"][c]) for c in classes]
+        new = parse_actions(actions, classes, bool(rec.get("peer")))
+        for k, c in enumerate(classes):
+            explicit = any(s.partition("=")[0] in (c, str(k), "all") for s in actions)
+            cfg.action[k] = new[k] if explicit else current[k]
+        if port is not None:
+            if rec["input"] != "payload":
+                raise UsageError(f"--port: {iface} runs in headers mode, which has no port")
+            if not 1 <= port <= 65535:
+                raise UsageError(f"--port {port}: expected 1..65535")
+            cfg.udp_port = port
+            rec["port"] = port
+        compile.write_config(p.fds["nn_config"], cfg)
+        rec["actions"] = {c: maps.ACTIONS[cfg.action[k]] for k, c in enumerate(classes)}
+        write_record(p.fds["nn_meta"], rec)
+    return rec

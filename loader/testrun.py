@@ -1,0 +1,122 @@
+"""Frames through the compiled program with BPF_PROG_TEST_RUN, no interface:
+what the kernel decided for each, next to what the reference says.
+
+The class the kernel chose is read from its own per-class counters (the
+counter that moved), so `verify` checks the very program `attach` loads.
+Built with record_input, the program also keeps the last input bits it
+extracted, which `predict` shows beside the Python twin's.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from loader import bpf_sys, compile, layout, maps
+from trainer import features, reference
+from trainer.model import DEFAULT_PORT, Model
+
+
+@dataclass
+class Outcome:
+    verdict: str           # XDP action returned
+    result: str            # input result (features.INPUT_RESULTS)
+    cls: int | None        # class, when classified
+    bits: np.ndarray | None = None  # input bits the kernel used (record_input builds)
+
+
+class Runner:
+    """A loaded program driven by test runs; one frame at a time."""
+
+    def __init__(self, prog: compile.Program, port: int):
+        self.prog = prog
+        self.model = prog.model
+        self.port = port
+        cfg = compile.read_config(prog.maps["nn_config"])
+        cfg.udp_port = port
+        compile.write_config(prog.maps["nn_config"], cfg)
+        self.counters = compile.read_counters(prog.maps["nn_counters"])
+        self.n_cpus = bpf_sys.possible_cpus()
+
+    def run(self, frame: bytes) -> Outcome:
+        if self.prog.record_input:
+            self._mark_last()
+        verdict, _, _ = bpf_sys.test_run(self.prog.prog_fd, frame)
+        now = compile.read_counters(self.prog.maps["nn_counters"])
+        d_input = now["input"] - self.counters["input"]
+        d_class = now["class_packets"] - self.counters["class_packets"]
+        self.counters = now
+        result = features.INPUT_RESULTS[int(np.argmax(d_input))] if d_input.any() else "?"
+        cls = int(np.argmax(d_class)) if d_class.any() else None
+        bits = self._last_bits() if self.prog.record_input else None
+        return Outcome(maps.VERDICTS[verdict] if verdict < len(maps.VERDICTS) else str(verdict),
+                       result, cls, bits)
+
+    def _last_bits(self) -> np.ndarray:
+        """The input bits the program recorded for the frame just run."""
+        fd, size = self._last_map()
+        raw = bpf_sys.map_lookup(fd, 0, size * self.n_cpus, "nn_last")
+        rows = np.frombuffer(raw, np.uint8).reshape(self.n_cpus, size)
+        # Only the CPU that ran the test overwrote its all-ones record.
+        row = rows[int(np.argmax((rows != 0xFF).any(axis=1)))]
+        return np.unpackbits(row)[:self.model.sizes[0]]
+
+    def _last_map(self) -> tuple[int, int]:
+        t = self.prog.bpf["nn_last"]
+        return t.map_fd, ctypes.sizeof(getattr(t, "sLeaf", t.Leaf))
+
+    def _mark_last(self) -> None:
+        fd, size = self._last_map()
+        bpf_sys.map_update(fd, 0, b"\xff" * size * self.n_cpus, "nn_last")
+
+
+def expected(model: Model, frame: bytes, port: int) -> tuple[str, int | None, np.ndarray | None]:
+    """What the reference says of a frame: (input result, class, input bits)."""
+    result, bits = features.model_input(frame, model.mode, model.sizes[0], port)
+    if bits is None:
+        return result, None, None
+    return result, int(reference.predict(model, bits[None, :])[0]), bits
+
+
+def verify(model: Model, samples: int, seed: int = 0, progress=None) -> dict:
+    """Random inputs through the kernel and the reference; counts mismatches.
+
+    Payload mode sends random input bits as requests; headers mode sends
+    random TCP/UDP/ICMP packets, whose bits come from the Python twin.
+    """
+    from traffic import packets  # scapy loads only for commands that build frames
+
+    rng = np.random.default_rng(seed)
+    port = model.input.get("port", DEFAULT_PORT)
+    if model.mode == "payload":
+        bits = rng.integers(0, 2, (samples, model.sizes[0]), dtype=np.uint8)
+        frames = [packets.request(reference.bytes_from_bits(b), port) for b in bits]
+    else:
+        frames = packets.random_frames(rng, samples)
+        bits = np.stack([features.model_input(f, "headers", model.sizes[0], port)[1]
+                         for f in frames])
+    want = reference.predict(model, bits)
+    started = time.monotonic()
+    prog = compile.build(model)
+    mismatches, examples = 0, []
+    try:
+        runner = Runner(prog, port)
+        for i, frame in enumerate(frames):
+            out = runner.run(frame)
+            if out.cls != want[i]:
+                mismatches += 1
+                if len(examples) < 5:
+                    examples.append({"index": i, "kernel": out.cls, "reference": int(want[i]),
+                                     "result": out.result, "frame_hex": frame.hex()})
+            if progress and (i + 1) % 1000 == 0:
+                progress(i + 1, samples)
+        info = bpf_sys.prog_info(prog.prog_fd)
+    finally:
+        prog.close()
+    return {"model": model.shape, "input": model.mode, "samples": samples, "seed": seed,
+            "mismatches": mismatches, "examples": examples,
+            "classes_seen": int(len(np.unique(want))),
+            "verified_insns": info.verified_insns,
+            "seconds": round(time.monotonic() - started, 2)}

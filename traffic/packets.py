@@ -1,0 +1,109 @@
+"""Packet builders shared by the tests, the demo and the generators: one place
+that knows how to build an inference request and each kind of frame the
+datapath must survive.  Addresses come from the benchmarking range
+198.18.0.0/15 (RFC 2544), which the project's namespaces use exclusively.
+"""
+from __future__ import annotations
+
+import logging
+
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+
+from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, ICMP, IPv6, Raw, raw  # noqa: E402
+
+SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+SRC_IP, DST_IP = "198.18.0.1", "198.18.0.2"
+SRC_PORT = 40000
+
+
+def request(payload: bytes, port: int, src_mac: str = SRC_MAC, dst_mac: str = DST_MAC,
+            src_ip: str = SRC_IP, dst_ip: str = DST_IP, sport: int = SRC_PORT) -> bytes:
+    """An inference request: a UDP datagram to port whose payload is the input."""
+    return raw(Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) /
+               UDP(sport=sport, dport=port) / Raw(payload))
+
+
+def crafted_cases(port: int, n_bytes: int) -> list[tuple[str, bytes, str]]:
+    """(description, frame, expected input result in payload mode) for every
+    kind of frame in the policy of docs/datapath.md."""
+    body = bytes((i * 37 + 11) & 0xFF for i in range(n_bytes))
+    eth = Ether(src=SRC_MAC, dst=DST_MAC)
+    ip = IP(src=SRC_IP, dst=DST_IP)
+    good = raw(eth / ip / UDP(sport=SRC_PORT, dport=port) / Raw(body))
+    cases = [
+        ("valid request", good, "classified"),
+        ("valid request, extra payload", raw(eth / ip / UDP(dport=port) / Raw(body + b"xyz")),
+         "classified"),
+        ("valid request, IP options", raw(eth / IP(src=SRC_IP, dst=DST_IP,
+                                                   options=b"\x01\x01\x01\x00") /
+                                          UDP(dport=port) / Raw(body)), "classified"),
+        ("UDP to another port", raw(eth / ip / UDP(dport=port ^ 1) / Raw(body)), "other"),
+        ("TCP to the port", raw(eth / ip / TCP(dport=port) / Raw(body)), "other"),
+        ("ICMP echo", raw(eth / ip / ICMP() / Raw(body)), "other"),
+        ("ARP request", raw(Ether(src=SRC_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                            ARP(psrc=SRC_IP, pdst=DST_IP)), "non_ip"),
+        ("IPv6 UDP to the port", raw(eth / IPv6(src="2001:2::1", dst="2001:2::2") /
+                                     UDP(dport=port) / Raw(body)), "ipv6"),
+        ("VLAN-tagged request", raw(eth / Dot1Q(vlan=7) / ip / UDP(dport=port) / Raw(body)),
+         "vlan"),
+        ("empty frame", b"", "truncated"),
+        ("Ethernet header cut", good[:10], "truncated"),
+        ("IPv4 header cut", good[:14 + 12], "truncated"),
+        ("UDP header cut", _fix_ip_len(good[:14 + 20 + 4]), "truncated"),
+        ("IP total length beyond frame", good[:-1], "truncated"),
+        ("IP version 5", _patch(good, 14, 0x55), "malformed"),
+        ("IP header length 4", _patch(good, 14, 0x44), "malformed"),
+        ("IP total length below header", _set_u16(good, 14 + 2, 19), "malformed"),
+        ("UDP length 7", _set_u16(good, 14 + 20 + 4, 7), "malformed"),
+        ("UDP length beyond IP", _set_u16(good, 14 + 20 + 4, 8 + n_bytes + 100), "malformed"),
+        ("first fragment (MF)", raw(eth / IP(src=SRC_IP, dst=DST_IP, flags="MF") /
+                                    UDP(dport=port) / Raw(body)), "fragment"),
+        ("later fragment", raw(eth / IP(src=SRC_IP, dst=DST_IP, frag=100, proto=17) /
+                               Raw(body)), "fragment"),
+        ("payload one byte short", raw(eth / ip / UDP(dport=port) / Raw(body[:-1])),
+         "short_payload"),
+        ("empty payload", raw(eth / ip / UDP(dport=port)), "short_payload"),
+    ]
+    return cases
+
+
+def _patch(frame: bytes, offset: int, value: int) -> bytes:
+    return frame[:offset] + bytes([value]) + frame[offset + 1:]
+
+
+def _set_u16(frame: bytes, offset: int, value: int) -> bytes:
+    return frame[:offset] + value.to_bytes(2, "big") + frame[offset + 2:]
+
+
+def _fix_ip_len(frame: bytes) -> bytes:
+    """Sets the IPv4 total length to what the (cut) frame holds."""
+    return _set_u16(frame, 14 + 2, len(frame) - 14)
+
+
+def random_frames(rng, n: int) -> list[bytes]:
+    """n IPv4 frames (TCP, UDP, ICMP, other) with random header fields and
+    payloads: varied inputs for headers mode."""
+    frames = []
+    for _ in range(n):
+        kind = int(rng.integers(0, 4))
+        ip = IP(src=SRC_IP, dst=DST_IP, ttl=int(rng.integers(1, 256)),
+                tos=int(rng.integers(0, 256)), id=int(rng.integers(0, 65536)))
+        if rng.random() < 0.1:
+            ip.options = b"\x01" * 4 * int(rng.integers(1, 4))  # NOPs
+        payload = Raw(rng.integers(0, 256, int(rng.integers(0, 41)), dtype="u1").tobytes())
+        sport, dport = (int(p) for p in rng.integers(0, 65536, 2))
+        if kind == 0:
+            l4 = TCP(sport=sport, dport=dport, flags=int(rng.integers(0, 256)),
+                     window=int(rng.integers(0, 65536)), seq=int(rng.integers(0, 2**32)))
+            if rng.random() < 0.3:
+                l4.options = [("MSS", int(rng.integers(500, 1500))), ("NOP", None),
+                              ("WScale", int(rng.integers(0, 15)))]
+        elif kind == 1:
+            l4 = UDP(sport=sport, dport=dport)
+        elif kind == 2:
+            l4 = ICMP(type=int(rng.integers(0, 20)))
+        else:
+            ip.proto = int(rng.choice([47, 50, 132]))  # GRE, ESP, SCTP: no L4 parse
+            l4 = Raw(b"")
+        frames.append(raw(Ether(src=SRC_MAC, dst=DST_MAC) / ip / l4 / payload))
+    return frames
