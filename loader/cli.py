@@ -174,6 +174,10 @@ def cmd_predict(args):
     if args.ebpf:
         return print_ebpf(model, record_input=True)
     frames = read_frames(args)
+    for i, f in enumerate(frames):
+        if len(f) < 14:  # the kernel refuses to test-run less than an Ethernet header
+            raise UsageError(f"frame {i}: {len(f)} bytes, shorter than an Ethernet header "
+                             "(14 bytes)")
     port = args.port or model.input.get("port") or 9595
     prog = compile.build(model, record_input=True)
     rows = []
@@ -225,11 +229,14 @@ def read_frames(args) -> list[bytes]:
 
 def cmd_verify(args):
     from loader import datapath, testrun
-    from trainer.model import random_model
+    from trainer.model import ModelError, random_model
     if args.model:
         model = datapath.load_model(args.model)
     else:
-        model = random_model(parse_shape(args.shape), seed=args.seed, mode=args.input)
+        try:
+            model = random_model(parse_shape(args.shape), seed=args.seed, mode=args.input)
+        except ModelError as e:
+            raise errors.ModelFileError(f"shape {args.shape}: {e}") from None
     if args.ebpf:
         return print_ebpf(model)
     if not 1 <= args.samples <= 10_000_000:

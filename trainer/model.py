@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,12 +155,16 @@ def load(path: str | Path) -> Model:
         raise ModelError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file") from None
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, zlib.error,
+            RuntimeError) as e:  # zipfile: unsupported or "encrypted" entries
         raise ModelError(f"{path}: not an xdpnn model file ({e})") from None
 
 
 def _load(path: Path) -> Model:
-    with np.load(path, allow_pickle=False) as z:
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ModelError("not an xdpnn model file (a single .npy array, not an .npz archive)")
+    with z:
         arrays = {k: z[k] for k in z.files}
     _check("header" in arrays, "header", "a JSON header array", sorted(arrays))
     try:

@@ -1,0 +1,57 @@
+"""Shared setup for the test tiers.
+
+Tier 1 (no mark) is pure Python.  Tier 2 (``@pytest.mark.root``) loads BPF
+programs and runs them with BPF_PROG_TEST_RUN; it is skipped, never failed,
+when the tests do not run as root.  Nothing is skipped because something is
+not set up: a missing tool or kernel feature is a failure.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root")
+    for item in items:
+        if item.get_closest_marker("root") or item.get_closest_marker("netns"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def build():
+    """compile.build(), with every program it made closed at teardown."""
+    from loader import compile
+
+    progs = []
+
+    def _build(model, record_input=False):
+        prog = compile.build(model, record_input=record_input)
+        progs.append(prog)
+        return prog
+
+    yield _build
+    for prog in progs:
+        prog.close()
+
+
+@pytest.fixture
+def netns_name():
+    """A fresh, empty network namespace (prefix xh1-), deleted at teardown."""
+    name = f"xh1-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -1,0 +1,43 @@
+"""A counting XDP program (bpf/sink.c) on a topology's outer veth ends."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from loader import bpf_sys
+from loader.compile import captured_stderr, import_bcc
+from loader.netns import ifindex, netns
+
+SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "sink.c"
+
+
+class Sink:
+    """Counts (and passes, or drops) every frame arriving on ns/iface."""
+
+    def __init__(self, ns: str, iface: str, drop: bool = False):
+        BPF = import_bcc()
+        self.ns, self.iface = ns, iface
+        with captured_stderr():
+            self.bpf = BPF(text=SOURCE.read_text(), cflags=["-DSINK_DROP"] if drop else [])
+        self.fn = self.bpf.load_func("sink", BPF.XDP)
+        with netns(ns):
+            self.ifindex = ifindex(iface, ns)
+            bpf_sys.xdp_attach(self.ifindex, self.fn.fd, "native", iface)
+
+    def counts(self) -> tuple[int, int]:
+        """(packets, bytes) since attach."""
+        t = self.bpf["sink_count"]
+        return int(sum(t[0])), int(sum(t[1]))
+
+    def close(self) -> None:
+        try:
+            with netns(self.ns):
+                bpf_sys.xdp_detach(self.ifindex, self.fn.fd, "native", self.iface)
+        except Exception:
+            pass  # the namespace is already gone, and the program with it
+        self.bpf.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
