@@ -35,6 +35,10 @@ EPILOGS = {
     "model": """examples:
   xdpnn model random 784-64-32-10 --out random.npz --seed 1
   xdpnn model show random.npz""",
+    "send": """examples:
+  sudo xdpnn -n gen send g0 --count 23                 23 random 32-byte requests
+  sudo xdpnn -n gen send g0 --count 1000 --bytes 98 --port 9696
+  sudo xdpnn -n gen send g0 --pcap captured.pcap""",
     "demo": """examples:
   sudo xdpnn demo
   sudo xdpnn demo --packets 500 --model model.npz""",
@@ -293,6 +297,29 @@ def cmd_model_show(args):
                                f"  provenance: {json.dumps(m.provenance)}"]))
 
 
+def cmd_send(args):
+    import numpy as np
+    from traffic import packets
+    from traffic.sender import send_frames
+    if args.pcap:
+        frames = read_frames(args)[:args.count]
+    else:
+        if not 0 <= args.bytes <= 1472:
+            raise UsageError(f"--bytes {args.bytes}: expected 0..1472")
+        rng = np.random.default_rng(args.seed)
+        frames = [packets.request(rng.integers(0, 256, args.bytes, dtype=np.uint8).tobytes(),
+                                  args.port) for _ in range(args.count)]
+    from loader.netns import ifindex, netns
+    with netns(args.netns):
+        ifindex(args.iface, args.netns)
+    try:
+        sent = send_frames(args.netns, args.iface, frames, max_seconds=args.max_seconds)
+    except OSError as e:
+        raise errors.XdpnnError(f"send on {args.iface}: {e.strerror or e}") from None
+    out(args, {"iface": args.iface, "sent": sent, "requested": len(frames)},
+        f"sent {sent} of {len(frames)} frames on {args.iface}")
+
+
 def cmd_demo(args):
     from traffic import demo
     return demo.run(args)
@@ -305,7 +332,8 @@ def print_ebpf(model, record_input: bool = False):
     print(text)
 
 
-NEEDS_ROOT = {"attach", "detach", "status", "stats", "swap", "set", "predict", "verify", "demo"}
+NEEDS_ROOT = {"attach", "detach", "status", "stats", "swap", "set", "predict", "verify", "send",
+              "demo"}
 
 
 # --- parser -----------------------------------------------------------------
@@ -398,6 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = msub.add_parser("show", help="print a model file's shape, classes and provenance")
     s.set_defaults(func=cmd_model_show)
     s.add_argument("file")
+
+    c = cmd("send", cmd_send, "send requests with random inputs, or a pcap's frames, from an "
+                              "interface (low rate, bounded)")
+    c.add_argument("iface")
+    c.add_argument("--count", type=int, default=23, help="frames to send (23)")
+    c.add_argument("--bytes", type=int, default=32, help="request payload bytes (32: 256 inputs)")
+    c.add_argument("--port", type=int, default=9595, help="request UDP port (9595)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    c.add_argument("--pcap", metavar="FILE", help="send this file's frames instead")
+    c.add_argument("--max-seconds", type=float, default=30.0, help="stop after this long (30)")
+    c.set_defaults(hex=None)
 
     c = cmd("demo", cmd_demo, "build namespaces, attach a model, send traffic, show counts, "
                               "clean up")
