@@ -16,7 +16,6 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_REPLACE = 1 << 4
 XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
-XDP_VERDICTS = ("aborted", "drop", "pass", "tx", "redirect")
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 

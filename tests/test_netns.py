@@ -130,13 +130,16 @@ def test_swap_replaces_the_model_in_place(topo, model_file):
     new, new_path = model_file(seed=2)
     bits, frames = requests(old, 40, seed=7)
     xdpnn("-n", topo.dut, "attach", "d0", "--peer", "d1", "--model", old_path)
-    prog_id = json.loads(xdpnn("-j", "status").stdout)
+    before = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut]
     xdpnn("-n", topo.dut, "swap", "d0", "--model", new_path)
     with Capture(topo.sink, "s0"):
         send_frames(topo.gen, "g0", frames)
     want = np.bincount(reference.predict(new, bits), minlength=4)
     assert list(stats(topo)["classes"].values()) == want.tolist()
-    assert json.loads(xdpnn("-j", "status").stdout) != prog_id  # the record names the new model
+    after = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut]
+    assert before[0]["prog_id"] == after[0]["prog_id"]  # same program, not re-attached
+    assert (before[0]["active_slot"], after[0]["active_slot"]) == (0, 1)
+    assert after[0]["model"]["path"] == new_path
 
     _, other_shape = model_file(sizes=(128, 8, 4))
     r = xdpnn("-n", topo.dut, "swap", "d0", "--model", other_shape, check=False)
@@ -206,3 +209,14 @@ def test_malformed_frames_are_counted_by_reason_and_forwarded_untouched(topo, mo
         assert features.model_input(f, "payload", 256, PORT)[0] == result
         want[result] = want.get(result, 0) + 1
     assert {k: v for k, v in s["input"].items() if v} == want
+
+
+def test_stats_interval_prints_samples_with_rates(topo, model_file):
+    _, path = model_file()
+    xdpnn("-n", topo.dut, "attach", "d0", "--peer", "d1", "--model", path)
+    r = xdpnn("-n", topo.dut, "-j", "stats", "d0", "0.2", "3")
+    samples = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(samples) == 3
+    assert all(set(s["rates"]) == {"classes", "input", "verdict"} for s in samples)
+    text = xdpnn("-n", topo.dut, "stats", "d0", "0.1", "1").stdout
+    assert "pkt/s" in text and "class0" in text

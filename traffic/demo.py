@@ -94,6 +94,7 @@ def _send_with_live_counts(t: Topology, frames: list[bytes]) -> None:
     live = sys.stdout.isatty()
     for start in range(0, len(frames), chunk):
         send_frames(t.gen, "g0", frames[start:start + chunk], max_seconds=10)
+        time.sleep(0.3)  # slow enough to watch the counts grow
         s = datapath.stats("d0", t.dut)
         line = "      sent %5d: " % min(start + chunk, len(frames)) + \
             "  ".join(f"{c} {v}" for c, v in s["classes"].items())
