@@ -11,6 +11,8 @@ import ctypes.util
 import errno as errno_mod
 import os
 
+from loader.errors import XdpnnError
+
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
@@ -19,8 +21,13 @@ XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 
-class BpfError(OSError):
-    """A BPF system call failed."""
+class BpfError(XdpnnError):
+    """A BPF system call failed; the message names the operation and object."""
+    exit_code = 4
+
+    def __init__(self, errno: int, message: str):
+        super().__init__(message)
+        self.errno = errno
 
 
 def _load_libbpf():
@@ -28,7 +35,7 @@ def _load_libbpf():
     try:
         return ctypes.CDLL(name, use_errno=True)
     except OSError as e:
-        raise BpfError(f"cannot load libbpf ({name}): {e}; install Debian's libbpf1") from None
+        raise BpfError(0, f"cannot load libbpf ({name}): {e}; install Debian's libbpf1") from None
 
 
 _lib = None
@@ -126,6 +133,9 @@ def xdp_attach(ifindex: int, prog_fd: int, mode: str, ifname: str) -> None:
     if ret == -errno_mod.EBUSY or ret == -errno_mod.EEXIST:
         raise BpfError(errno_mod.EBUSY, f"attach XDP to {ifname}: another XDP program is "
                                         "already attached (see `ip link show`)")
+    if ret == -errno_mod.EOPNOTSUPP and mode == "native":
+        raise BpfError(errno_mod.EOPNOTSUPP, f"attach XDP to {ifname}: its driver has no native "
+                                             "XDP; use --xdp-mode generic")
     _check(ret, f"attach XDP ({mode}) to {ifname}")
 
 

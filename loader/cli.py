@@ -54,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                                           "administration): run it with sudo")
         return args.func(args) or 0
     except XdpnnError as e:
-        return report_error(args, f"{args.command}: {e}" if not str(e).startswith(args.command)
-                            else str(e), e.exit_code)
+        msg = str(e) if str(e).startswith(f"{args.command}:") else f"{args.command}: {e}"
+        return report_error(args, msg, e.exit_code)
     except KeyboardInterrupt:
         return report_error(args, f"{args.command}: interrupted", 130)
+    except OSError as e:  # a file, socket or command the step needed
+        return report_error(args, f"{args.command}: {e}", 1)
 
 
 def report_error(args, message: str, code: int) -> int:

@@ -76,9 +76,20 @@ def source_and_flags(model: Model, record_input: bool = False) -> tuple[str, lis
     return SOURCE.read_text(), layout.cflags(model, record_input) + [f"-I{BPF_DIR}"]
 
 
+def check_kernel_headers() -> None:
+    """BCC compiles against the running kernel's headers; say so plainly."""
+    if os.environ.get("BCC_KERNEL_SOURCE"):
+        return
+    build_dir = f"/lib/modules/{os.uname().release}/build"
+    if not os.path.isdir(f"{build_dir}/include"):
+        raise MissingFeatureError(f"compile: no kernel headers at {build_dir}: install "
+                                  "linux-headers for this kernel (`sudo make setup` does it)")
+
+
 def build(model: Model, record_input: bool = False) -> Program:
     """Compiles and loads the program for model, fills slot 0 with it."""
     BPF = import_bcc()
+    check_kernel_headers()
     text, cflags = source_and_flags(model, record_input)
     with captured_stderr() as log:
         try:

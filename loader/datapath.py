@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from loader import bpf_sys, compile, maps
-from loader.errors import AttachError, MissingFeatureError, StateError, UsageError
+from loader.errors import AttachError, MissingFeatureError, StateError, UsageError, XdpnnError
 from loader.netns import ifindex, netns
 from trainer import model as model_file
 
@@ -78,8 +78,9 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     """Validates, compiles, fills maps, pins and attaches; all or nothing."""
     model = load_model(model_path)
     if input_mode and input_mode != model.mode:
-        model.input = {"mode": input_mode, **({"port": model.input.get("port")}
-                                             if input_mode == "payload" else {})}
+        model.input = {"mode": input_mode}
+        if input_mode == "payload":
+            model.input["port"] = model_file.DEFAULT_PORT
         _validate(model, model_path)
     if port is not None and not 1 <= port <= 65535:
         raise UsageError(f"--port {port}: expected 1..65535")
@@ -253,7 +254,7 @@ def status() -> list[dict]:
                 rec = dict(p.record)
                 prog_id = bpf_sys.prog_info(p.fds["prog"]).id
                 cfg = compile.read_config(p.fds["nn_config"])
-        except (OSError, ValueError, StateError) as e:
+        except (OSError, ValueError, XdpnnError) as e:
             out.append({"iface": iface, "netns": ns or None, "state": f"broken: {e}"})
             continue
         rec["active_slot"] = cfg.active_slot
