@@ -14,7 +14,7 @@ from pathlib import Path
 
 from loader import bpf_sys, layout, maps
 from loader.errors import BuildError, MissingFeatureError
-from trainer.model import Model
+from trainer.model import DEFAULT_PORT, Model
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "xdpnn.c"
@@ -72,8 +72,11 @@ class Program:
         self.bpf.cleanup()
 
 
-def source_and_flags(model: Model, record_input: bool = False) -> tuple[str, list[str]]:
-    return SOURCE.read_text(), layout.cflags(model, record_input) + [f"-I{BPF_DIR}"]
+def source_and_flags(model: Model, record_input: bool = False,
+                     defines: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """defines: the variants of bpf/xdpnn.c's header comment (NN_FORWARD_ONLY, ...)."""
+    return SOURCE.read_text(), (layout.cflags(model, record_input) + [f"-D{d}" for d in defines]
+                                + [f"-I{BPF_DIR}"])
 
 
 def check_kernel_headers() -> None:
@@ -86,11 +89,11 @@ def check_kernel_headers() -> None:
                                   "linux-headers for this kernel (`sudo make setup` does it)")
 
 
-def build(model: Model, record_input: bool = False) -> Program:
+def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = ()) -> Program:
     """Compiles and loads the program for model, fills slot 0 with it."""
     BPF = import_bcc()
     check_kernel_headers()
-    text, cflags = source_and_flags(model, record_input)
+    text, cflags = source_and_flags(model, record_input, defines)
     with captured_stderr() as log:
         try:
             bpf = BPF(text=text, cflags=cflags)
@@ -122,6 +125,9 @@ def build(model: Model, record_input: bool = False) -> Program:
     try:
         check_layouts(bpf)
         write_model(prog.maps["nn_model"], model, slot=0)
+        # Ready to classify as built: the model's request port, all counts.
+        write_config(prog.maps["nn_config"],
+                     maps.Config(udp_port=model.input.get("port", DEFAULT_PORT)))
     except BaseException:
         prog.close()
         raise

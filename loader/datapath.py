@@ -33,8 +33,15 @@ def pin_dir(iface: str, ns: str | None) -> str:
 def ensure_bpffs() -> None:
     """Mounts bpffs at /sys/fs/bpf if nothing is mounted there (as bpftool does)."""
     with open("/proc/self/mounts") as f:
-        if any(line.split()[1:3] == [BPFFS, "bpf"] for line in f):
-            return
+        mounts = [line.split()[:3] for line in f]
+    if any(m[1:3] == [BPFFS, "bpf"] for m in mounts):
+        return
+    # `ip netns exec` runs commands in a private mount namespace with its own
+    # sysfs (mounted with the namespace's name as source): pins made there
+    # would vanish with it and leave the program orphaned.
+    if any(m[1:3] == ["/sys", "sysfs"] and m[0] != "sysfs" for m in mounts):
+        raise UsageError(f"no bpffs at {BPFFS} in this private mount namespace (under "
+                         "`ip netns exec`?): run `xdpnn -n NETNS ...` instead")
     r = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], capture_output=True, text=True)
     if r.returncode != 0:
         raise MissingFeatureError(f"mount bpffs at {BPFFS}: {r.stderr.strip()} "
@@ -91,7 +98,7 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     ensure_bpffs()
     pdir = pin_dir(iface, ns)
     if os.path.exists(pdir):
-        raise StateError(f"attach {iface}: xdpnn is already attached ({pdir}); "
+        raise StateError(f"{iface}: xdpnn is already attached ({pdir}); "
                          f"run `xdpnn detach {iface}` or `xdpnn swap`")
     ifaces = [iface] + ([peer] if peer else [])
     with netns(ns):
@@ -101,7 +108,7 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
                              "pair; forwarding between them would loop packets forever")
         for name, i in zip(ifaces, idx):
             if bpf_sys.xdp_prog_id(i):
-                raise AttachError(f"attach {name}: another XDP program is already attached "
+                raise AttachError(f"{name}: another XDP program is already attached "
                                   f"(id {bpf_sys.xdp_prog_id(i)}); detach it first")
 
     prog = compile.build(model)
@@ -288,7 +295,7 @@ def swap(iface: str, ns: str | None, model_path: str) -> dict:
         rec = p.record
         old = rec["model"]
         if new.shape != old["shape"] or new.mode != rec["input"]:
-            raise UsageError(f"swap {iface}: model {model_path} is {new.shape} ({new.mode}); the "
+            raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); the "
                              f"attached one is {old['shape']} ({rec['input']}): detach and attach")
         cfg = compile.read_config(p.fds["nn_config"])
         slot = 1 - cfg.active_slot
