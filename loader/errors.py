@@ -44,6 +44,11 @@ class PrivilegeError(XdpnnError):
     exit_code = 9
 
 
+class DataError(XdpnnError):
+    """`train` could not read its data source."""
+    exit_code = 10
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in
               (XdpnnError, UsageError, ModelFileError, BuildError, AttachError,
-               MismatchError, StateError, MissingFeatureError, PrivilegeError)}
+               MismatchError, StateError, MissingFeatureError, PrivilegeError, DataError)}

@@ -23,7 +23,8 @@ def test_demo_matches_the_reference_and_cleans_up():
     r = subprocess.run([sys.executable, "-m", "loader.cli", "demo", "--packets", "120"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "kernel == reference: yes" in r.stdout
+    assert "kernel == reference (every row of the matrix): yes" in r.stdout
+    assert "accuracy in the kernel: " in r.stdout
     assert "received at the far end: 138/138 frames" in r.stdout
     assert "cleaning up" in r.stdout
 
