@@ -1,5 +1,5 @@
 # The README's commands.  Each target runs the idempotent set-up first.
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean default-model
 
 PYTEST_ARGS ?=
 
@@ -9,8 +9,15 @@ setup:
 demo: setup
 	.venv/bin/xdpnn demo
 
+bench: setup
+	.venv/bin/xdpnn bench
+
 test: setup
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache build *.egg-info
+
+# Retrains the demo's model on scikit-learn's digits; seed 0 gives the same weights.
+default-model: setup
+	.venv/bin/xdpnn train --data digits --hidden 128 --seed 0 --out models/digits-default.npz

@@ -11,6 +11,11 @@
 #include <linux/udp.h>
 #include <linux/tcp.h>
 
+/* x &= 0xffff where clang cannot drop it: verifiers before 6.x track no
+ * range for a byte-swapped value (bpf_ntohs), and then refuse adding it to
+ * a packet pointer; the mask restores the range. */
+#define BOUND16(x) asm volatile("%0 &= 0xffff" : "+r"(x))
+
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 #define IP_MF_ 0x2000
@@ -48,6 +53,7 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct l3 *out
 		return NN_IN_MALFORMED;
 	__u32 ihl = ip->ihl * 4;
 	__u32 tot_len = bpf_ntohs(ip->tot_len);
+	BOUND16(tot_len);
 	if (tot_len < ihl)
 		return NN_IN_MALFORMED;
 	/* tot_len may be shorter than the frame (Ethernet padding), never longer. */

@@ -5,7 +5,11 @@
  * take the default path untouched.  The default path is the forwarding
  * peer (DEVMAP redirect) when there is one, else the local stack.
  *
- * Compiled by loader/compile.py with the model's shape as -D flags. */
+ * Compiled by loader/compile.py with the model's shape as -D flags.
+ * Two benchmark variants (traffic/bench.py), off unless defined:
+ *   NN_FORWARD_ONLY  skip parsing and inference: the default path alone, the
+ *                    baseline that inference is compared against;
+ *   NN_REFLECT       the default path is XDP_TX (back out of the ingress port). */
 #include "xdpnn_shared.h"
 
 #ifndef NN_INPUT_MODE
@@ -60,6 +64,9 @@ BPF_PERCPU_ARRAY(nn_last, struct nn_last_input, 1);
 
 static __always_inline int forward(struct xdp_md *ctx, const struct nn_config *cfg)
 {
+#ifdef NN_REFLECT
+	return XDP_TX; /* veth delivers by device, so no MAC swap is needed */
+#endif
 	__u32 out = ctx->ingress_ifindex == cfg->ifindex[0] ? 1 : 0;
 	/* An empty slot (no peer) falls back to XDP_PASS. */
 	return nn_tx_port.redirect_map(out, XDP_PASS);
@@ -80,6 +87,9 @@ int xdpnn(struct xdp_md *ctx)
 	struct nn_scratch *s = nn_scratch.lookup(&zero);
 	if (!cfg || !c || !s)
 		return XDP_PASS; /* cannot happen: one-entry arrays always exist */
+#ifdef NN_FORWARD_ONLY
+	return verdict(c, forward(ctx, cfg));
+#endif
 
 	/* s->a holds the input, then alternates with s->b as layers run. */
 	int r = extract_input(ctx, cfg, s->a);

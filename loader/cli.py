@@ -303,9 +303,12 @@ def cmd_send(args):
     import numpy as np
     from traffic import packets
     from traffic.sender import send_frames
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count {args.count}: expected at least 1")
     if args.pcap:
         frames = read_frames(args)[:args.count]
     else:
+        args.count = args.count or 23
         if not 0 <= args.bytes <= 1472:
             raise UsageError(f"--bytes {args.bytes}: expected 0..1472")
         rng = np.random.default_rng(args.seed)
@@ -322,6 +325,56 @@ def cmd_send(args):
         f"sent {sent} of {len(frames)} frames on {args.iface}")
 
 
+EPILOGS["train"] = """examples:
+  xdpnn train --data digits --out digits.npz
+  xdpnn train --data digits --hidden 256,256 --epochs 100 --seed 3 --out digits.npz
+  xdpnn train --data mnist:/data/mnist --hidden 256 --out mnist.npz    (IDX files, never downloaded)
+  xdpnn train --data csv:flows.csv --label-column app --levels 8 --out flows.npz
+  xdpnn train --data traffic --hidden 64 --out traffic.npz             (headers mode)
+  xdpnn train --data pcaps:captures/ --out apps.npz                    (one pcap per class)
+
+exit code 10: the data source cannot be read (the message names the file and the problem)"""
+
+
+def cmd_train(args):
+    from trainer import data, train
+    from trainer.model import ModelError
+    try:
+        hidden = [int(h) for h in args.hidden.split(",")]
+    except ValueError:
+        raise UsageError(f"--hidden {args.hidden}: expected sizes like 256,256") from None
+    if args.epochs < 1 or args.batch_size < 2 or not 0 < args.test_fraction < 1:
+        raise UsageError("expected --epochs >= 1, --batch-size >= 2, 0 < --test-fraction < 1")
+    cfg = train.Config(hidden=hidden, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       patience=args.patience, seed=args.seed, test_fraction=args.test_fraction)
+    try:
+        ds = data.load(args.data, levels=args.levels, label_column=args.label_column,
+                       split_seed=args.seed, test_fraction=args.test_fraction)
+        model = train.train(ds, cfg, port=args.port, progress=None if args.json else print)
+    except data.DataError as e:
+        raise errors.DataError(str(e)) from None
+    except ModelError as e:
+        raise UsageError(f"{args.data}: {e}") from None
+    model.save(args.out)
+    report = model.provenance["report"]
+    out(args, {"out": args.out, "report": report},
+        f"{train.format_report(report)}\nwrote {args.out}")
+
+
+EPILOGS["bench"] = """examples:
+  sudo xdpnn bench                       the three default shapes, 5 trials (a few minutes)
+  sudo xdpnn bench --quick               a smoke run (under a minute)
+  sudo xdpnn -j bench --shape 256-32-16-2 --model model.npz --trials 7 --out results/mine
+
+Writes bench.json, bench.md and bench.png (with matplotlib) to --out
+(default results/bench-<time>/); docs/benchmarks.md explains every figure."""
+
+
+def cmd_bench(args):
+    from traffic import bench
+    return bench.command(args)
+
+
 def cmd_demo(args):
     from traffic import demo
     return demo.run(args)
@@ -335,7 +388,7 @@ def print_ebpf(model, record_input: bool = False):
 
 
 NEEDS_ROOT = {"attach", "detach", "status", "stats", "swap", "set", "predict", "verify", "send",
-              "demo"}
+              "demo", "bench"}
 
 
 # --- parser -----------------------------------------------------------------
@@ -346,9 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "beside a forwarding path.",
         epilog="Run `xdpnn COMMAND --help` for each command's options and examples.\n\n"
                "exit codes: 0 ok, 1 other error, 2 bad usage, 3 bad model file, "
-               "4 compile or verifier failure,\n  5 attach failure (interface, namespace, "
+               "4 BPF failure (compile, verifier, system call),\n  5 attach failure (interface, namespace, "
                "XDP), 6 kernel and reference disagree, 7 not attached\n  or already attached, "
-               "8 missing kernel feature or tool, 9 needs root, 130 interrupted",
+               "8 missing kernel feature or tool, 9 needs root, 10 bad training data,\n  "
+               "130 interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-j", "--json", action="store_true", help="print JSON (errors too)")
     p.add_argument("-n", "--netns", metavar="NAME",
@@ -432,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("send", cmd_send, "send requests with random inputs, or a pcap's frames, from an "
                               "interface (low rate, bounded)")
     c.add_argument("iface")
-    c.add_argument("--count", type=int, default=23, help="frames to send (23)")
+    c.add_argument("--count", type=int, help="frames to send (23; with --pcap, all of them)")
     c.add_argument("--bytes", type=int, default=32, help="request payload bytes (32: 256 inputs)")
     c.add_argument("--port", type=int, default=9595, help="request UDP port (9595)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -440,10 +494,51 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-seconds", type=float, default=30.0, help="stop after this long (30)")
     c.set_defaults(hex=None)
 
+    c = cmd("train", cmd_train, "train a binarized network on labeled data and export it to a "
+                                "model file, with a report (no root needed)")
+    c.add_argument("--data", default="digits", metavar="SOURCE",
+                   help="digits (default), mnist:DIR, csv:FILE, traffic or pcaps:DIR; "
+                        "docs/training.md")
+    c.add_argument("--hidden", default="128", metavar="SIZES",
+                   help="hidden layer sizes, comma separated (128)")
+    c.add_argument("--out", required=True, metavar="FILE", help="model file to write")
+    c.add_argument("--epochs", type=int, default=60, help="most epochs (60; early stopping)")
+    c.add_argument("--patience", type=int, default=12,
+                   help="stop after this many epochs without a better validation accuracy (12)")
+    c.add_argument("--batch-size", type=int, default=64, help="mini-batch size (64)")
+    c.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (0.01)")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the initialization and the batch order (0)")
+    c.add_argument("--test-fraction", type=float, default=0.25,
+                   help="share of each class held out for the test (0.25)")
+    c.add_argument("--levels", type=int,
+                   help="thermometer bits per value: digits 1..4 (4), csv (4)")
+    c.add_argument("--label-column", metavar="NAME", help="csv: the label column (the last)")
+    c.add_argument("--port", type=int, default=9595,
+                   help="payload models: UDP port of requests (9595)")
+
+    c = cmd("bench", cmd_bench, "measure the forwarding rate with and without inference, "
+                                "ns per inference in XDP and in user space (namespaces of "
+                                "its own)")
+    c.add_argument("--quick", action="store_true", help="short trials: a smoke run")
+    c.add_argument("--shape", action="append", metavar="SHAPE",
+                   help="a random model of this shape (repeatable; default 256-32-16-2, "
+                        "784-64-32-10, 784-256-256-10)")
+    c.add_argument("--model", action="append", default=[], metavar="FILE",
+                   help="also measure this model file (repeatable)")
+    c.add_argument("--trials", type=int, help="trials per figure (5)")
+    c.add_argument("--seconds", type=float, help="seconds per datapath per rate trial "
+                                                 "(1, --quick 0.2)")
+    c.add_argument("--napi", choices=("softirq", "threaded"), default="softirq",
+                   help="veth NAPI in softirq (default) or in kernel threads")
+    c.add_argument("--out", metavar="DIR", help="results directory (results/bench-<time>)")
+
     c = cmd("demo", cmd_demo, "build namespaces, attach a model, send traffic, show counts, "
                               "clean up")
-    c.add_argument("--packets", type=int, default=300, help="requests to send (300)")
-    c.add_argument("--model", metavar="FILE", help="model to run (default: a random 256-32-16-4)")
+    c.add_argument("--packets", type=int,
+                   help="test samples to send (default: the model's whole test split)")
+    c.add_argument("--model", metavar="FILE", help="a model made by `xdpnn train` in payload "
+                                                   "mode (default: models/digits-default.npz)")
     return p
 
 

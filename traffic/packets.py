@@ -10,6 +10,8 @@ import logging
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, ICMP, IPv6, Raw, raw  # noqa: E402
+from scapy.data import DLT_EN10MB  # noqa: E402
+from scapy.utils import rdpcap, wrpcap  # noqa: E402
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 SRC_IP, DST_IP = "198.18.0.1", "198.18.0.2"
@@ -17,10 +19,23 @@ SRC_PORT = 40000
 
 
 def request(payload: bytes, port: int, src_mac: str = SRC_MAC, dst_mac: str = DST_MAC,
-            src_ip: str = SRC_IP, dst_ip: str = DST_IP, sport: int = SRC_PORT) -> bytes:
-    """An inference request: a UDP datagram to port whose payload is the input."""
-    return raw(Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) /
-               UDP(sport=sport, dport=port) / Raw(payload))
+            src_ip: str = SRC_IP, dst_ip: str = DST_IP, sport: int = SRC_PORT,
+            udp_checksum: bool = True) -> bytes:
+    """An inference request: a UDP datagram to port whose payload is the input.
+    Without udp_checksum the checksum is 0 (none, legal in IPv4): for frames
+    whose payload a generator rewrites."""
+    udp = UDP(sport=sport, dport=port) if udp_checksum else UDP(sport=sport, dport=port, chksum=0)
+    return raw(Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / udp / Raw(payload))
+
+
+def read_pcap(path: str) -> list[bytes]:
+    """The frames of a pcap file, as bytes."""
+    return [bytes(p) for p in rdpcap(path)]
+
+
+def write_pcap(path: str, frames: list[bytes]) -> None:
+    """Writes frames as an Ethernet pcap file."""
+    wrpcap(path, [Ether(f) for f in frames], linktype=DLT_EN10MB)
 
 
 def crafted_cases(port: int, n_bytes: int) -> list[tuple[str, bytes, str]]:

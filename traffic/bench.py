@@ -1,0 +1,287 @@
+"""`xdpnn bench`: the forwarding rate while the datapath runs inference,
+next to the same datapath without inference, in one run.
+
+    sender [g0] --veth--> [d0] host under test [d1] --veth--> [s0] receiver
+    live-frames generator   bpf/xdpnn.c variant, DEVMAP     XDP count + drop
+    (and the reflection      redirect d0 -> d1 (or XDP_TX
+     counter, XDP drop)      back to g0 when reflecting)
+
+Every variant is compiled once; then trial after trial each is attached in
+turn and measured, so drift hits all of them alike and each trial gives a
+ratio measured side by side.  Packet rates are measured with bpf_stats off,
+per-packet cost (bpf_stats) in separate trials.  docs/benchmarks.md says
+how to read the figures.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from loader import bpf_sys, datapath, layout
+from loader.errors import UsageError
+from trainer import reference
+from trainer.model import Model, ModelError, random_model
+from traffic import baseline, forwarder, livegen, packets
+from traffic.sink import Sink
+from traffic.topology import Topology
+
+DEFAULT_SHAPES = ("256-32-16-2", "784-64-32-10", "784-256-256-10")
+PORT = 9595
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+PORTS = ("d0", "d1")
+TEST_RUN_FRAMES = 8  # different inputs per BPF_PROG_TEST_RUN figure
+
+
+@dataclass
+class Settings:
+    shapes: list[str] = field(default_factory=lambda: list(DEFAULT_SHAPES))
+    model_files: list[str] = field(default_factory=list)
+    trials: int = 5
+    trial_seconds: float = 1.0      # per variant per trial, packet rates
+    stats_seconds: float = 0.5      # per variant per trial, bpf_stats
+    test_run_repeat: int = 20000    # BPF_PROG_TEST_RUN repeat per frame
+    baseline_inputs: int = 4096
+    napi: str = "softirq"
+
+    @classmethod
+    def quick(cls, **kw) -> "Settings":
+        return cls(trials=5, trial_seconds=0.2, stats_seconds=0.1, test_run_repeat=2000,
+                   baseline_inputs=1024, **kw)
+
+
+@dataclass
+class Variant:
+    """One program on the host under test: what it is and where its frames end up."""
+    name: str
+    kind: str                  # forward | reflect | inference
+    model: Model
+    defines: tuple[str, ...] = ()
+    prog: object = None
+    receiver: object = None
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": float(np.median(values)), "min": float(min(values)),
+            "max": float(max(values)), "trials": [float(v) for v in values]}
+
+
+def load_models(s: Settings) -> list[tuple[str, Model]]:
+    """(name, model) for each shape (random weights, seed 1) and model file."""
+    models = []
+    for shape in s.shapes:
+        try:
+            models.append((shape, random_model([int(x) for x in shape.split("-")], seed=1)))
+        except (ValueError, ModelError) as e:
+            raise UsageError(f"--shape {shape}: {e}") from None
+    for path in s.model_files:
+        m = datapath.load_model(path)
+        models.append((f"{m.shape} ({Path(path).name})", m))
+    if not models:
+        raise UsageError("bench: no model to measure (give --shape or --model)")
+    return models
+
+
+def environment(s: Settings, packet_bytes: int) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return {"kernel": platform.release(), "cpu_model": cpu, "cpus": os.cpu_count(),
+            "xdp_mode": forwarder.XDP_MODE, "napi": s.napi, "packet_bytes": packet_bytes,
+            "generator": "live frames (BPF_PROG_RUN, BPF_F_TEST_XDP_LIVE_FRAMES), "
+                         f"{livegen.SLOTS} different inputs cycled",
+            "trials": s.trials, "trial_seconds": s.trial_seconds,
+            "stats_seconds": s.stats_seconds, "test_run_repeat": s.test_run_repeat,
+            "baseline_inputs": s.baseline_inputs}
+
+
+def set_threaded_napi(t: Topology) -> None:
+    """Moves every port's NAPI into a kernel thread, so the host under test
+    can run on the other CPU than the generator (possible once XDP is on)."""
+    from traffic.topology import ip
+    for ns, dev in ((t.gen, "g0"), (t.dut, "d0"), (t.dut, "d1"), (t.sink, "s0")):
+        # sysfs shows a namespace's devices only when mounted inside it.
+        ip("netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded")
+
+
+def rate_trial(v: Variant, gen: livegen.LiveGen, t: Topology, seconds: float) -> tuple:
+    """(received packets/s, frames sent but not received) with v attached."""
+    with forwarder.attached(v.prog, t.dut, PORTS):
+        gen.send(4096)  # warm-up: caches, page pools, NAPI
+        time.sleep(0.02)
+        before = v.receiver.counts()[0]
+        sent = gen.send(1 << 40, max_seconds=seconds)
+        time.sleep(0.02)  # what is still in a veth ring arrives
+        received = v.receiver.counts()[0] - before
+    return received / sent.seconds, sent.frames - received
+
+
+def stats_trial(v: Variant, gen: livegen.LiveGen, t: Topology, seconds: float) -> float:
+    """ns per packet of v's program from bpf_stats (on for this trial)."""
+    with forwarder.attached(v.prog, t.dut, PORTS):
+        gen.send(4096)
+        a = bpf_sys.prog_info(v.prog.prog_fd)
+        gen.send(1 << 40, max_seconds=seconds)
+        b = bpf_sys.prog_info(v.prog.prog_fd)
+    return (b.run_time_ns - a.run_time_ns) / max(b.run_cnt - a.run_cnt, 1)
+
+
+def test_run_ns(v: Variant, frames: list[bytes], repeat: int) -> float:
+    """Average ns of v's program per request, BPF_PROG_TEST_RUN, no interface."""
+    return float(np.mean([bpf_sys.test_run(v.prog.prog_fd, f, repeat=repeat)[1]
+                          for f in frames]))
+
+
+def run(s: Settings) -> dict:
+    """Measures everything; returns the result document (traffic/bench_report.py)."""
+    started = time.time()
+    named = load_models(s)
+    models = [m for _, m in named]
+    n_bytes = max((m.sizes[0] + 7) // 8 for m in models)
+    payloads = livegen.random_payloads(n_bytes, seed=7)
+    frame_bytes = len(packets.request(payloads[0], PORT))
+    variants = ([Variant("forward", "forward", models[0], ("NN_FORWARD_ONLY",)),
+                 Variant("reflect", "reflect", models[0], ("NN_FORWARD_ONLY", "NN_REFLECT"))] +
+                [Variant(name, "inference", m) for name, m in named])
+    rates = {v.name: [] for v in variants}
+    lost = {v.name: 0 for v in variants}
+    per_packet = {v.name: [] for v in variants}
+    stats_before = BPF_STATS.read_text().strip()
+
+    with Topology(f"xdpnn-bench-{os.getpid()}") as t:
+        progress(f"bench: {t.gen} [g0] -> [d0] {t.dut} [d1] -> [s0] {t.sink}, "
+                 f"{frame_bytes}-byte requests")
+        with Sink(t.sink, "s0", drop=True) as rx, Sink(t.gen, "g0", drop=True) as back, \
+                livegen.LiveGen(t.gen, "g0", payloads, PORT) as gen:
+            try:
+                for v in variants:
+                    progress(f"  compile {v.name}")
+                    v.prog = forwarder.build(v.model, t.dut, PORTS, PORT, v.defines)
+                    v.receiver = back if v.kind == "reflect" else rx
+                if s.napi == "threaded":
+                    with forwarder.attached(variants[0].prog, t.dut, PORTS):
+                        set_threaded_napi(t)
+                for k in range(s.trials):
+                    for v in rotated(variants, k):
+                        pps, missing = rate_trial(v, gen, t, s.trial_seconds)
+                        rates[v.name].append(pps)
+                        lost[v.name] += missing
+                    progress(f"  rates, trial {k + 1}/{s.trials}: " + ", ".join(
+                        f"{v.name} {rates[v.name][-1] / 1e6:.2f}" for v in variants) + " Mpps")
+                try:
+                    BPF_STATS.write_text("1")
+                    for k in range(s.trials):
+                        for v in rotated(variants, k):
+                            per_packet[v.name].append(stats_trial(v, gen, t, s.stats_seconds))
+                    progress("  bpf_stats, ns per packet: " + ", ".join(
+                        f"{v.name} {np.median(per_packet[v.name]):.0f}" for v in variants))
+                finally:
+                    BPF_STATS.write_text(stats_before)
+                classified = {v.name: all_classified(v) for v in variants
+                              if v.kind == "inference"}
+                frames = [packets.request(p, PORT) for p in payloads[:TEST_RUN_FRAMES]]
+                run_ns = {v.name: [test_run_ns(v, frames, s.test_run_repeat)
+                                   for _ in range(s.trials)] for v in variants}
+                progress("  BPF_PROG_TEST_RUN, ns per request: " + ", ".join(
+                    f"{v.name} {np.median(run_ns[v.name]):.0f}" for v in variants))
+            finally:
+                for v in variants:
+                    if v.prog:
+                        v.prog.close()
+
+    base = measure_baselines(named, payloads, s)
+    configs = []
+    for v in variants:
+        ratios = [r / f for r, f in zip(rates[v.name], rates["forward"])]
+        configs.append({"config": v.name, "kind": v.kind,
+                        "model": v.model.shape if v.kind == "inference" else None,
+                        "pps": summary(rates[v.name]), "ratio_to_forward": summary(ratios),
+                        "not_received": lost[v.name],
+                        "bpf_stats_ns_per_packet": summary(per_packet[v.name]),
+                        "test_run_ns_per_packet": summary(run_ns[v.name])})
+    inference = []
+    for m, v in zip(models, variants[2:]):
+        b = base["models"][v.name]
+        inference.append({"model": v.name, "weight_bytes": weight_bytes(m),
+                          "xdp_ns": summary(run_ns[v.name]),
+                          "c_single_ns": summary(b["c_single"]["ns"]),
+                          "c_batch_ns": summary(b["c_batch"]["ns"]),
+                          "numpy_batch_ns": summary(b["numpy_batch"]["ns"]),
+                          "baselines_agree": all(b[k]["agrees"] for k in baseline.NAMES),
+                          "xdp_classified_every_request": classified[v.name]})
+    env = environment(s, frame_bytes)
+    env["c_compiler"] = base["compiler"]
+    return {"schema": "xdpnn-bench/1", "started": time.strftime(
+                "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "seconds": round(time.time() - started, 1), "environment": env,
+            "forwarding": configs, "inference": inference}
+
+
+def rotated(variants: list[Variant], k: int) -> list[Variant]:
+    """Trial k starts with a different variant, so none always goes first."""
+    k %= len(variants)
+    return variants[k:] + variants[:k]
+
+
+def all_classified(v: Variant) -> bool:
+    """Whether an inference variant classified every frame it saw."""
+    c = forwarder.counters(v.prog)
+    return bool(c["input"].sum() > 0 and c["input"][0] == c["input"].sum())
+
+
+def weight_bytes(m: Model) -> int:
+    return int(layout.model_words(m).nbytes)
+
+
+def measure_baselines(named: list[tuple[str, Model]], payloads: list[bytes],
+                      s: Settings) -> dict:
+    """User-space ns per inference on the generator's inputs, same weights."""
+    c = baseline.CBaseline()
+    out = {"compiler": c.compiler, "models": {}}
+    try:
+        for name, m in named:
+            raw = np.stack([reference.bits_from_bytes(p, m.sizes[0]) for p in payloads])
+            bits = np.resize(raw, (s.baseline_inputs, m.sizes[0]))
+            out["models"][name] = r = baseline.measure(c, m, bits, s.trials)
+            progress(f"  user space {name}: " + ", ".join(
+                f"{k} {np.median(v['ns']):.0f} ns" + ("" if v["agrees"] else " (DISAGREES)")
+                for k, v in r.items()))
+    finally:
+        c.close()
+    return out
+
+
+def command(args) -> None:
+    """`xdpnn bench`: measure, write the results directory, print the tables."""
+    import json
+
+    from traffic import bench_report
+    s = Settings.quick() if args.quick else Settings()
+    if args.shape:
+        s.shapes = args.shape
+    s.model_files = args.model
+    s.napi = args.napi
+    if args.trials is not None:
+        if not 1 <= args.trials <= 100:
+            raise UsageError(f"--trials {args.trials}: expected 1..100")
+        s.trials = args.trials
+    if args.seconds is not None:
+        if not 0.05 <= args.seconds <= 60:
+            raise UsageError(f"--seconds {args.seconds}: expected 0.05..60")
+        s.trial_seconds = args.seconds
+    out_dir = Path(args.out or time.strftime("results/bench-%Y%m%d-%H%M%S"))
+    result = run(s)
+    for note in bench_report.write(result, out_dir):
+        progress(note)
+    progress(f"bench: wrote {out_dir}/bench.json, bench.md"
+             f"{', bench.png' if (out_dir / 'bench.png').exists() else ''} "
+             f"in {result['seconds']} s")
+    print(json.dumps(result, indent=1) if args.json else bench_report.markdown(result))

@@ -1,0 +1,96 @@
+"""What `xdpnn bench` writes: the result document as JSON (keys documented
+in docs/benchmarks.md), a markdown table, and a plot when matplotlib is
+installed (`pip install xdpnn[bench]`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _range(s: dict, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
+    return (f"{fmt.format(s['median'] * scale)} "
+            f"({fmt.format(s['min'] * scale)}-{fmt.format(s['max'] * scale)})")
+
+
+def markdown(r: dict) -> str:
+    """Two tables (forwarding, then ns per inference) and what they depend on."""
+    env = r["environment"]
+    lines = ["| datapath on the host under test | Mpps, median (min-max) | ratio to plain "
+             "forwarding | ns/packet (bpf_stats) | ns/packet (test run) |",
+             "|---|---|---|---|---|"]
+    labels = {"forward": "plain forwarding (no inference)", "reflect": "XDP_TX reflection"}
+    for c in r["forwarding"]:
+        name = labels.get(c["config"], f"forwarding + inference {c['config']}")
+        lines.append(f"| {name} | {_range(c['pps'], 1e-6, '{:.2f}')} | "
+                     f"{_range(c['ratio_to_forward'], 1, '{:.2f}')} | "
+                     f"{_range(c['bpf_stats_ns_per_packet'])} | "
+                     f"{_range(c['test_run_ns_per_packet'])} |")
+    lines += ["", "| model | weight bytes | XDP ns/request (test run: parse + inference) | "
+                  "C one at a time | C batched | numpy batched | user space == reference |",
+              "|---|---|---|---|---|---|---|"]
+    for i in r["inference"]:
+        lines.append(f"| {i['model']} | {i['weight_bytes']} | {_range(i['xdp_ns'])} | "
+                     f"{_range(i['c_single_ns'])} | {_range(i['c_batch_ns'])} | "
+                     f"{_range(i['numpy_batch_ns'])} | "
+                     f"{'yes' if i['baselines_agree'] else 'NO'} |")
+    lines += ["", f"Kernel {env['kernel']}, {env['cpu_model']} ({env['cpus']} CPUs), "
+                  f"{env['xdp_mode']} XDP on veth, NAPI {env['napi']}, "
+                  f"{env['packet_bytes']}-byte frames, generator: {env['generator']}; "
+                  f"{env['trials']} trials of {env['trial_seconds']} s per datapath; "
+                  f"C: {env['c_compiler']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> str | None:
+    """Packets/s and ns/inference against model size, min-max bars; returns
+    why there is no plot, or None."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install 'xdpnn[bench]')"
+    inf = r["inference"]
+    size = [i["weight_bytes"] for i in inf]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+
+    def bars(ax, xs, stats, label, scale=1.0, **kw):
+        med = [s["median"] * scale for s in stats]
+        err = [[m - s["min"] * scale for m, s in zip(med, stats)],
+               [s["max"] * scale - m for m, s in zip(med, stats)]]
+        ax.errorbar(xs, med, yerr=err, capsize=4, marker="o", label=label, **kw)
+
+    by_name = {c["config"]: c for c in r["forwarding"]}
+    bars(ax1, size, [by_name[i["model"]]["pps"] for i in inf], "forwarding + inference", 1e-6)
+    for name, style in (("forward", "--"), ("reflect", ":")):
+        p = by_name[name]["pps"]
+        ax1.axhline(p["median"] * 1e-6, linestyle=style, color="gray",
+                    label=f"{name} (no inference)")
+        ax1.axhspan(p["min"] * 1e-6, p["max"] * 1e-6, color="gray", alpha=0.15)
+    ax1.set(xscale="log", xlabel="model weight bytes", ylabel="Mpps received",
+            title="Forwarding rate while classifying every packet")
+    for key, label in (("xdp_ns", "XDP (BPF_PROG_TEST_RUN)"), ("c_single_ns", "C, one at a time"),
+                       ("c_batch_ns", "C, batched"), ("numpy_batch_ns", "numpy, batched")):
+        bars(ax2, size, [i[key] for i in inf], label)
+    ax2.set(xscale="log", yscale="log", xlabel="model weight bytes", ylabel="ns per inference",
+            title="Cost of one inference")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    env = r["environment"]
+    fig.suptitle(f"xdpnn bench: kernel {env['kernel']}, {env['cpu_model']}, "
+                 f"{env['packet_bytes']}-byte frames, median of {env['trials']}, bars min-max",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def write(r: dict, out_dir: Path) -> list[str]:
+    """Writes bench.json, bench.md and bench.png; returns notes to show."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(r, indent=1) + "\n")
+    (out_dir / "bench.md").write_text(markdown(r))
+    why = plot(r, out_dir / "bench.png")
+    return [why] if why else []

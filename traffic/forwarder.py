@@ -1,0 +1,59 @@
+"""The host under test in a benchmark: one compiled bpf/xdpnn.c variant
+attached to both ends of the forwarding pair, forwarding between them with
+its DEVMAP, without pins (the benchmark owns it and detaches it itself).
+
+Variants are built once and attached in turn, so trials of different
+variants can alternate in one run.
+"""
+from __future__ import annotations
+
+import ctypes
+from contextlib import contextmanager
+
+from loader import bpf_sys, compile, maps
+from loader.netns import ifindex, netns
+from trainer.model import Model
+
+XDP_MODE = "native"
+
+
+def build(model: Model, ns: str, ports: tuple[str, str], udp_port: int,
+          defines: tuple[str, ...] = ()) -> compile.Program:
+    """Compiles a variant and points it at ns's forwarding pair; every class
+    takes the default path (count), so each request is forwarded."""
+    prog = compile.build(model, defines=defines)
+    try:
+        with netns(ns):
+            # DEVMAP entries resolve ifindexes in the caller's namespace.
+            idx = [ifindex(p, ns) for p in ports]
+            for slot, i in enumerate(idx):
+                bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i),
+                                   "nn_tx_port")
+        cfg = maps.Config(active_slot=0, udp_port=udp_port)
+        cfg.ifindex[0], cfg.ifindex[1] = idx
+        compile.write_config(prog.maps["nn_config"], cfg)
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+@contextmanager
+def attached(prog: compile.Program, ns: str, ports: tuple[str, str]):
+    """prog on both ports of ns for the block; detached on every exit path."""
+    done = []
+    try:
+        with netns(ns):
+            for p in ports:
+                i = ifindex(p, ns)
+                bpf_sys.xdp_attach(i, prog.prog_fd, XDP_MODE, p)
+                done.append((i, p))
+        yield
+    finally:
+        with netns(ns):
+            for i, p in done:
+                bpf_sys.xdp_detach(i, prog.prog_fd, XDP_MODE, p)
+
+
+def counters(prog: compile.Program) -> dict:
+    return compile.read_counters(prog.maps["nn_counters"])
