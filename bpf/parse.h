@@ -23,7 +23,7 @@
 
 /* Headers mode: the fixed 32-byte feature record (docs/datapath.md). */
 #define NN_FEATURE_BYTES 32
-#define NN_FEATURE_PAYLOAD 16 /* L4 payload bytes copied into the record */
+#define NN_FEATURE_PAYLOAD 16 /* L4 payload bytes copied into the record (below, one by one) */
 
 struct l3 {
 	struct iphdr *ip;
@@ -71,7 +71,7 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct l3 *out
 /* Payload mode: the inputs are the first NN_IN_BYTES of the payload of a UDP
  * datagram sent to cfg->udp_port, bit 0 = the MSB of the first byte. */
 static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
-					 __u64 *x)
+					 __u64 *x, __u64 *record)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -107,9 +107,12 @@ static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_con
 
 #elif NN_INPUT_MODE == NN_INPUT_HEADERS
 /* Headers mode: every unfragmented IPv4 packet becomes a 32-byte feature
- * record; the inputs are its first NN_IN_BITS bits. */
+ * record; the inputs are its first NN_IN_BITS bits.  The record is built in
+ * map memory (record: NN_FEATURE_BYTES of the per-CPU scratch), whose
+ * contents the verifier does not track: the paths through the optional
+ * fields then look alike to it and merge, on old verifiers too. */
 static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
-					 __u64 *x)
+					 __u64 *x, __u64 *record)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -118,18 +121,18 @@ static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_con
 	if (r != NN_IN_CLASSIFIED)
 		return r;
 
-	union {
-		__u8 b[NN_FEATURE_BYTES];
-		__u64 w[NN_FEATURE_BYTES / 8];
-	} f = {};
+	__u8 *b = (__u8 *)record;
+#pragma unroll
+	for (int k = 0; k < NN_FEATURE_BYTES / 8; k++)
+		record[k] = 0;
 	struct iphdr *ip = l3.ip;
 	__u8 *l4 = l3.l4;
 	__u32 l4_hdr = 0;
-	f.b[0] = ip->protocol;
-	f.b[1] = ip->ttl;
-	f.b[2] = ip->tos;
-	__builtin_memcpy(&f.b[4], &ip->tot_len, 2);
-	f.b[14] = ip->ihl * 4;
+	b[0] = ip->protocol;
+	b[1] = ip->ttl;
+	b[2] = ip->tos;
+	__builtin_memcpy(&b[4], &ip->tot_len, 2);
+	b[14] = ip->ihl * 4;
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)l4;
 		if ((void *)(tcp + 1) > data_end || l3.l4_len < sizeof(*tcp))
@@ -139,35 +142,41 @@ static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_con
 		l4_hdr = tcp->doff * 4;
 		if (l4_hdr > l3.l4_len)
 			return NN_IN_TRUNCATED;
-		f.b[3] = ((__u8 *)tcp)[13]; /* CWR ECE URG ACK PSH RST SYN FIN */
-		__builtin_memcpy(&f.b[6], &tcp->source, 2);
-		__builtin_memcpy(&f.b[8], &tcp->dest, 2);
-		__builtin_memcpy(&f.b[12], &tcp->window, 2);
+		b[3] = ((__u8 *)tcp)[13]; /* CWR ECE URG ACK PSH RST SYN FIN */
+		__builtin_memcpy(&b[6], &tcp->source, 2);
+		__builtin_memcpy(&b[8], &tcp->dest, 2);
+		__builtin_memcpy(&b[12], &tcp->window, 2);
 	} else if (ip->protocol == IPPROTO_UDP) {
 		struct udphdr *udp = (void *)l4;
 		if ((void *)(udp + 1) > data_end || l3.l4_len < sizeof(*udp))
 			return NN_IN_TRUNCATED;
 		l4_hdr = sizeof(*udp);
-		__builtin_memcpy(&f.b[6], &udp->source, 2);
-		__builtin_memcpy(&f.b[8], &udp->dest, 2);
+		__builtin_memcpy(&b[6], &udp->source, 2);
+		__builtin_memcpy(&b[8], &udp->dest, 2);
 	}
 	__u32 payload_len = l3.l4_len - l4_hdr;
-	f.b[10] = payload_len >> 8;
-	f.b[11] = payload_len & 0xff;
-	f.b[15] = l4_hdr;
+	b[10] = payload_len >> 8;
+	b[11] = payload_len & 0xff;
+	b[15] = l4_hdr;
 
-	/* l4_hdr is at most 60, so the verifier can bound l4 + l4_hdr + i. */
+	/* l4_hdr is at most 60, so the verifier can bound l4 + l4_hdr + i.
+	 * Written out byte by byte: a loop leaves a variable offset into the
+	 * record that older verifiers (6.1) cannot bound. */
 	__u8 *payload = l4 + (l4_hdr & 0x3f);
-#pragma unroll
-	for (int i = 0; i < NN_FEATURE_PAYLOAD; i++) {
-		if (i >= payload_len || (void *)(payload + i + 1) > data_end)
-			break;
-		f.b[16 + i] = payload[i];
-	}
+#define COPY_PAYLOAD_BYTE(i)                                                         \
+	if ((i) >= payload_len || (void *)(payload + (i) + 1) > data_end) \
+		goto copied;                                                  \
+	b[16 + (i)] = payload[(i)];
+	COPY_PAYLOAD_BYTE(0) COPY_PAYLOAD_BYTE(1) COPY_PAYLOAD_BYTE(2) COPY_PAYLOAD_BYTE(3)
+	COPY_PAYLOAD_BYTE(4) COPY_PAYLOAD_BYTE(5) COPY_PAYLOAD_BYTE(6) COPY_PAYLOAD_BYTE(7)
+	COPY_PAYLOAD_BYTE(8) COPY_PAYLOAD_BYTE(9) COPY_PAYLOAD_BYTE(10) COPY_PAYLOAD_BYTE(11)
+	COPY_PAYLOAD_BYTE(12) COPY_PAYLOAD_BYTE(13) COPY_PAYLOAD_BYTE(14) COPY_PAYLOAD_BYTE(15)
+#undef COPY_PAYLOAD_BYTE
+copied:
 
 #pragma unroll
 	for (int k = 0; k < NN_IN_WORDS; k++)
-		x[k] = f.w[k];
+		x[k] = record[k];
 	x[NN_IN_WORDS - 1] &= NN_IN_TAIL_MASK;
 	return NN_IN_CLASSIFIED;
 }

@@ -49,6 +49,7 @@ BPF_ARRAY(nn_meta, struct nn_meta, 1);
 struct nn_scratch {
 	__u64 a[NN_MAX_WORDS];
 	__u64 b[NN_MAX_WORDS];
+	__u64 record[NN_FEATURE_BYTES / 8]; /* headers mode: the feature record */
 };
 BPF_PERCPU_ARRAY(nn_scratch, struct nn_scratch, 1);
 
@@ -92,7 +93,7 @@ int xdpnn(struct xdp_md *ctx)
 #endif
 
 	/* s->a holds the input, then alternates with s->b as layers run. */
-	int r = extract_input(ctx, cfg, s->a);
+	int r = extract_input(ctx, cfg, s->a, s->record);
 #ifdef NN_RECORD_INPUT
 	struct nn_last_input *last = nn_last.lookup(&zero);
 	if (last) {

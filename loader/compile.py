@@ -50,6 +50,10 @@ def captured_stderr():
 def _summary(log: str, fallback: str) -> str:
     """The line of a compiler or verifier log that says what went wrong."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    # A verifier log ends with its statistics; the error is the line before.
+    stats = [i for i, ln in enumerate(lines) if ln.startswith("processed ") and " insns " in ln]
+    if stats and stats[-1] > 0:
+        return lines[stats[-1] - 1]
     for pattern in (r"error:", r"(too large|too complex|limit|invalid|out of range|"
                                 r"unbounded|exceeds|R\d+ )"):
         hits = [ln for ln in lines if re.search(pattern, ln)]

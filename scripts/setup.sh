@@ -1,7 +1,8 @@
 #!/bin/bash
 # xdpnn set-up: installs what is missing and nothing else; running it twice
 # changes nothing.  Needs root (apt, kernel headers link, /usr/local/bin).
-#   Debian packages: BCC for Debian's python3, libbpf, iproute2, venv
+#   Debian packages: BCC for Debian's python3, libbpf, iproute2, venv, vagrant
+#     (the suite validates vagrant/Vagrantfile)
 #   kernel headers for BCC: linux-headers-$(uname -r), or a documented fallback
 #   .venv: a venv over Debian's python3 (it sees bcc), with xdpnn installed
 set -euo pipefail
@@ -16,7 +17,7 @@ fi
 
 # --- Debian packages --------------------------------------------------------
 KVER=$(uname -r)
-PKGS="python3-bpfcc libbpf1 iproute2 python3-venv python3-pip"
+PKGS="python3-bpfcc libbpf1 iproute2 python3-venv python3-pip vagrant"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import os
 
 import numpy as np
 import pytest
@@ -43,6 +44,9 @@ GOLDEN = [
 @pytest.mark.parametrize("sizes,mode,samples", GOLDEN,
                          ids=[f"{'-'.join(map(str, s))}-{m}" for s, m, _ in GOLDEN])
 def test_kernel_class_equals_reference(sizes, mode, samples):
+    # The emulated VM (vagrant/vm-test.sh) caps the count: its kernel is what
+    # is under test there, not the sample size.
+    samples = min(samples, int(os.environ.get("XDPNN_GOLDEN_SAMPLES_MAX", samples)))
     res = testrun.verify(random_model(sizes, seed=len(sizes) + sizes[0], mode=mode), samples,
                          seed=sizes[-1])
     assert res["samples"] == samples

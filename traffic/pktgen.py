@@ -33,8 +33,10 @@ def unavailable_reason(ns: str) -> str | None:
 
 
 def _write(path: Path, command: str) -> None:
-    with open(path, "w") as f:  # pktgen takes one command per write
-        f.write(command)
+    # One command per write; pgctrl drops the last byte as the newline, so
+    # every command ends with one.
+    with open(path, "w") as f:
+        f.write(command + "\n")
 
 
 def send(ns: str, iface: str, count: int, payload_bytes: int, port: int,

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Runs inside the headless test VM (started by vagrant/vm-test.sh): mounts
+# what the tests need, runs pytest on the read-only project share, leaves
+# the exit code in the results share and powers off.  The runner writes
+# pytest's arguments to results/pytest-args.
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t bpf bpf /sys/fs/bpf
+mount -t 9p -o trans=virtio,version=9p2000.L results /results
+hostname xdpnn-vm
+ip link set lo up
+args=$(cat /results/pytest-args)
+echo "xdpnn-vm: kernel $(uname -r), pytest $args"
+eval "set -- $args"  # the runner shell-quoted them
+cd /project
+# Under emulation, 1000 inputs per golden shape instead of up to 10000.
+export XDPNN_GOLDEN_SAMPLES_MAX=1000
+PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -p no:cacheprovider "$@"
+echo $? > /results/exit-code
+sync
+echo o > /proc/sysrq-trigger
+sleep 10

@@ -1,0 +1,89 @@
+#!/bin/bash
+# The headless VM runner: builds or reuses the guest image (build-image.sh),
+# boots it with QEMU, shares the project read-only, runs pytest inside as
+# root and returns pytest's exit code.  The guest's console is saved to
+# .vm/console.log.  No network for the guest beyond what tests build in it.
+#   vagrant/vm-test.sh [PYTEST ARGS...]     (default: the VM selection below)
+# Environment: XDPNN_VM_ACCEL=tcg|kvm (default tcg: works everywhere; kvm is
+# faster where /dev/kvm runs stock kernels), XDPNN_VM_TIMEOUT seconds (1500).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$ROOT/.vm
+NEED_MB=4500
+ACCEL=${XDPNN_VM_ACCEL:-tcg}
+TIMEOUT=${XDPNN_VM_TIMEOUT:-1500}
+# Under the emulator every BPF compile takes most of a minute, so the VM
+# runs what differs between kernels, one test of each kind: the verifier on
+# a small and the largest default shape, the parser twin, the counters, the
+# datapath on veth with forwarding and malformed frames, and the generators
+# (pktgen exists only here).  The host runs the whole suite.
+DEFAULT_ARGS="-q --durations=0 \
+ 'tests/test_golden.py::test_kernel_class_equals_reference[256-32-16-2-payload]' \
+ 'tests/test_golden.py::test_kernel_class_equals_reference[784-256-256-10-payload]' \
+ 'tests/test_golden.py::test_headers_mode_input_equals_twin[256]' \
+ tests/test_golden.py::test_counters_add_up \
+ tests/test_netns.py::test_forwards_23_packets_intact_and_counts_each_class \
+ tests/test_netns.py::test_malformed_frames_are_counted_by_reason_and_forwarded_untouched \
+ tests/test_traffic.py::test_live_frames_cycle_the_inputs_in_order \
+ tests/test_traffic.py::test_pktgen_sends_an_exact_count"
+[ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
+
+if [ "$(id -u)" != 0 ]; then
+	echo "vm-test: needs root (Debian packages, the image's root file system): use sudo" >&2
+	exit 9
+fi
+mkdir -p "$OUT"
+free_mb=$(df --output=avail -m "$OUT" | tail -1 | tr -d ' ')
+if [ ! -e "$OUT"/disk-*.raw ] && [ "$free_mb" -lt "$NEED_MB" ]; then
+	echo "vm-test: WARNING: the guest image needs ${NEED_MB} MB free in $OUT, found ${free_mb} MB" >&2
+	echo "vm-test: SKIPPED: not enough disk for the guest image (${free_mb} of ${NEED_MB} MB)" >&2
+	exit 0
+fi
+# What the runner needs from Debian, installed when missing.
+missing=""
+for p in qemu-system-x86 qemu-utils mmdebstrap e2fsprogs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "vm-test: installing Debian packages:$missing"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+bash "$ROOT/vagrant/build-image.sh" "$OUT"
+DISK=$(ls -t "$OUT"/disk-*.raw | head -1)
+KEY=${DISK##*/disk-}; KEY=${KEY%.raw}
+RUN=$(mktemp -d "$OUT/run.XXXXXX")
+trap 'rm -rf --one-file-system "$RUN"' EXIT
+mkdir "$RUN/results"
+echo "$ARGS" > "$RUN/results/pytest-args"
+# A copy-on-write layer keeps the cached image pristine between runs.
+qemu-img create -q -f qcow2 -b "$DISK" -F raw "$RUN/overlay.qcow2"
+
+echo "vm-test: booting Debian's stock kernel ($ACCEL), running pytest $ARGS"
+start=$(date +%s)
+set +e
+timeout "$TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -cpu max -smp 2 -m 3072 \
+	-nographic -no-reboot -nic none \
+	-kernel "$OUT/vmlinuz-$KEY" -initrd "$OUT/initrd-$KEY" \
+	-append "root=/dev/vda rw console=ttyS0 init=/sbin/xdpnn-init panic=-1 quiet" \
+	-drive file="$RUN/overlay.qcow2",if=virtio,format=qcow2 \
+	-virtfs local,path="$ROOT",mount_tag=project,security_model=none,readonly=on \
+	-virtfs local,path="$RUN/results",mount_tag=results,security_model=none \
+	</dev/null > "$OUT/console.log" 2>&1 &
+qemu=$!
+tail -n +1 -f "$OUT/console.log" --pid=$qemu &
+wait $qemu
+status=$?
+set -e
+sleep 0.5
+echo "vm-test: guest ran $(( $(date +%s) - start )) s; console log in $OUT/console.log"
+if [ $status -eq 124 ]; then
+	echo "vm-test: the VM did not finish within $TIMEOUT s" >&2
+	exit 1
+fi
+if [ ! -s "$RUN/results/exit-code" ]; then
+	echo "vm-test: the VM stopped without reporting pytest's exit code (QEMU exit $status); see $OUT/console.log" >&2
+	exit 1
+fi
+exit "$(cat "$RUN/results/exit-code")"
