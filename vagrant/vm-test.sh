@@ -24,6 +24,8 @@ DEFAULT_ARGS="-q --durations=0 \
  tests/test_golden.py::test_counters_add_up \
  tests/test_netns.py::test_forwards_23_packets_intact_and_counts_each_class \
  tests/test_netns.py::test_malformed_frames_are_counted_by_reason_and_forwarded_untouched \
+ tests/test_netns.py::test_headers_mode_classifies_all_ipv4_like_the_twin \
+ tests/test_netns.py::test_swap_replaces_the_model_in_place \
  tests/test_traffic.py::test_live_frames_cycle_the_inputs_in_order \
  tests/test_traffic.py::test_pktgen_sends_an_exact_count"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
