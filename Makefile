@@ -13,7 +13,7 @@ bench: setup
 	.venv/bin/xdpnn bench
 
 test: setup
-	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # The suite's kernel-dependent tests inside a VM with Debian's stock kernel
 # (headless QEMU; the guest image is built once and cached in .vm/).

@@ -30,7 +30,7 @@ _ids = itertools.count()
 
 def xdpnn(*args, check=True):
     r = subprocess.run([sys.executable, "-m", "loader.cli", *args], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=600)  # an emulated VM compiles slowly
     if check and r.returncode != 0:
         raise AssertionError(f"xdpnn {' '.join(args)} exited {r.returncode}: {r.stderr}")
     return r

@@ -15,7 +15,7 @@ eval "set -- $args"  # the runner shell-quoted them
 cd /project
 # Under emulation, 1000 inputs per golden shape instead of up to 10000.
 export XDPNN_GOLDEN_SAMPLES_MAX=1000
-PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -p no:cacheprovider "$@"
+PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -p no:cacheprovider -rs "$@"
 echo $? > /results/exit-code
 sync
 echo o > /proc/sysrq-trigger
