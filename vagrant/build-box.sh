@@ -29,6 +29,7 @@ mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
 	--customize-hook='echo "vagrant ALL=(ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/vagrant"' \
 	--customize-hook='printf "auto lo\niface lo inet loopback\nauto eth0\niface eth0 inet dhcp\n" > "$1/etc/network/interfaces"' \
 	--customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"; echo xdpnn > "$1/etc/hostname"' \
+	--customize-hook='printf "127.0.0.1 localhost\n127.0.1.1 xdpnn\n" > "$1/etc/hosts"' \
 	bookworm "$WORK/rootfs"
 cp "$WORK"/rootfs/boot/vmlinuz-* "$WORK/vmlinuz"
 cp "$WORK"/rootfs/boot/initrd.img-* "$WORK/initrd"
