@@ -70,15 +70,9 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct l3 *out
 #if NN_INPUT_MODE == NN_INPUT_PAYLOAD
 /* Payload mode: the inputs are the first NN_IN_BYTES of the payload of a UDP
  * datagram sent to cfg->udp_port, bit 0 = the MSB of the first byte. */
-static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
-					 __u64 *x, __u64 *record)
+static __always_inline int mode_input(struct l3 l3, void *data_end, const struct nn_config *cfg,
+				      __u64 *x, __u64 *record)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct l3 l3;
-	int r = parse_ipv4(data, data_end, &l3);
-	if (r != NN_IN_CLASSIFIED)
-		return r;
 	if (l3.ip->protocol != IPPROTO_UDP)
 		return NN_IN_OTHER;
 	struct udphdr *udp = l3.l4;
@@ -111,16 +105,9 @@ static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_con
  * map memory (record: NN_FEATURE_BYTES of the per-CPU scratch), whose
  * contents the verifier does not track: the paths through the optional
  * fields then look alike to it and merge, on old verifiers too. */
-static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
-					 __u64 *x, __u64 *record)
+static __always_inline int mode_input(struct l3 l3, void *data_end, const struct nn_config *cfg,
+				      __u64 *x, __u64 *record)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct l3 l3;
-	int r = parse_ipv4(data, data_end, &l3);
-	if (r != NN_IN_CLASSIFIED)
-		return r;
-
 	__u8 *b = (__u8 *)record;
 #pragma unroll
 	for (int k = 0; k < NN_FEATURE_BYTES / 8; k++)
@@ -183,5 +170,18 @@ copied:
 #else
 #error "NN_INPUT_MODE must be NN_INPUT_PAYLOAD or NN_INPUT_HEADERS"
 #endif
+
+/* The model's input bits from a frame (into x), or the reason it has none. */
+static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
+					 __u64 *x, __u64 *record)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct l3 l3;
+	int r = parse_ipv4(data, data_end, &l3);
+	if (r != NN_IN_CLASSIFIED)
+		return r;
+	return mode_input(l3, data_end, cfg, x, record);
+}
 
 #endif
