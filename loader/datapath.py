@@ -201,6 +201,10 @@ def remove_pins(pdir: str) -> None:
     for entry in os.listdir(pdir):
         os.unlink(f"{pdir}/{entry}")
     os.rmdir(pdir)
+    try:
+        os.rmdir(PIN_ROOT)  # the last one out leaves bpffs as it was
+    except OSError:
+        pass  # other datapaths are still attached
 
 
 class Pinned:

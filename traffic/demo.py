@@ -27,7 +27,6 @@ from traffic.sender import send_frames
 from traffic.sink import Sink
 from traffic.topology import Topology
 
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 # Regenerate with `make models/digits-default.npz` (deterministic: seed 0).
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits-default.npz"
 
@@ -37,7 +36,7 @@ def say(msg: str = "", end: str = "\n") -> None:
 
 
 def run(args) -> int:
-    model_path = args.model or str(DEFAULT_MODEL)
+    model_path = args.model or _shown(DEFAULT_MODEL)
     model = datapath.load_model(model_path)
     if model.mode != "payload":
         raise UsageError(f"demo: model {model.shape} takes headers input; the demo sends "
@@ -61,7 +60,6 @@ def run(args) -> int:
     want = confusion(labels, reference.predict(model, bits), n_classes)
     acc = model.provenance["report"]["accuracy"]
 
-    stats_before = BPF_STATS.read_text().strip() if BPF_STATS.exists() else None
     with Topology(f"xdpnn-demo-{os.getpid()}") as t:
         say(f"[1/5] topology: {t.gen} [g0] -> [d0] {t.dut} [d1] -> [s0] {t.sink}")
         with Sink(t.sink, "s0") as receiver, Sink(t.gen, "g0"):
@@ -71,21 +69,18 @@ def run(args) -> int:
                     f"{acc['full_precision']:.4f}, binarized {acc['exported']:.4f}")
                 say(f"[3/5] attach: xdpnn -n {t.dut} attach d0 --peer d1 --model {model_path}")
                 rec = datapath.attach("d0", model_path, peer="d1", ns=t.dut)
-                if stats_before is not None:
-                    BPF_STATS.write_text("1")
                 say(f"      program id {rec['prog_id']}, native XDP on d0 and d1, "
                     f"requests are UDP to port {port}")
                 say(f"[4/5] traffic: {len(frames)} test samples as requests, grouped by true "
                     f"label, then {len(others)} other frames (ARP, IPv6, VLAN, malformed, "
                     "wrong port)")
-                got = _send_by_label(t, model, frames, labels)
-                send_frames(t.gen, "g0", others, max_seconds=10)
-                time.sleep(0.2)
+                with bpf_sys.bpf_stats():
+                    got = _send_by_label(t, model, frames, labels)
+                    send_frames(t.gen, "g0", others, max_seconds=10)
+                    time.sleep(0.2)
                 same = _report(t, model, got, want, receiver, len(frames) + len(others),
                                rec["prog_id"])
             finally:
-                if stats_before is not None:
-                    BPF_STATS.write_text(stats_before)
                 datapath.detach("d0", t.dut) if os.path.isdir(datapath.pin_dir("d0", t.dut)) \
                     else None
                 say("cleaning up: detached, namespaces removed")
@@ -94,6 +89,12 @@ def run(args) -> int:
 
 def _class_counts(t: Topology) -> np.ndarray:
     return np.array(list(datapath.stats("d0", t.dut)["classes"].values()), np.int64)
+
+
+def _shown(path: Path) -> str:
+    """path relative to the working directory when it lies below it."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def _send_by_label(t: Topology, model, frames: list[bytes], labels: np.ndarray) -> np.ndarray:
