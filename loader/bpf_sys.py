@@ -10,6 +10,8 @@ import ctypes
 import ctypes.util
 import errno as errno_mod
 import os
+from contextlib import contextmanager
+from pathlib import Path
 
 from loader.errors import XdpnnError
 
@@ -199,6 +201,21 @@ def prog_info(fd: int) -> ProgInfo:
 
 def map_info(fd: int) -> MapInfo:
     return obj_info(fd, MapInfo, "map")
+
+
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+@contextmanager
+def bpf_stats():
+    """kernel.bpf_stats_enabled=1 for the block (run_time_ns and run_cnt in
+    prog_info), the previous value restored after it, on errors too."""
+    before = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1")
+    try:
+        yield
+    finally:
+        BPF_STATS.write_text(before)
 
 
 def prog_fd_by_id(prog_id: int) -> int:

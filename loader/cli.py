@@ -222,10 +222,9 @@ def read_frames(args) -> list[bytes]:
             return [bytes.fromhex(h.replace(":", "")) for h in args.hex]
         except ValueError as e:
             raise UsageError(f"--hex: not hexadecimal bytes ({e})") from None
-    from traffic import packets  # noqa: F401  (quiets scapy's logging)
-    from scapy.utils import rdpcap
+    from traffic import packets
     try:
-        frames = [bytes(p) for p in rdpcap(args.pcap)]
+        frames = packets.read_pcap(args.pcap)
     except (OSError, EOFError, Exception) as e:
         raise UsageError(f"--pcap {args.pcap}: cannot read it as a pcap file ({e})") from None
     if not frames:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loader import bpf_sys, compile, layout, maps
+from loader import bpf_sys, compile, maps
 from trainer import features, reference
 from trainer.model import DEFAULT_PORT, Model
 

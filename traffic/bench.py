@@ -33,7 +33,6 @@ from traffic.topology import Topology
 
 DEFAULT_SHAPES = ("256-32-16-2", "784-64-32-10", "784-256-256-10")
 PORT = 9595
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 PORTS = ("d0", "d1")
 TEST_RUN_FRAMES = 8  # different inputs per BPF_PROG_TEST_RUN figure
 
@@ -154,7 +153,6 @@ def run(s: Settings) -> dict:
     rates = {v.name: [] for v in variants}
     lost = {v.name: 0 for v in variants}
     per_packet = {v.name: [] for v in variants}
-    stats_before = BPF_STATS.read_text().strip()
 
     with Topology(f"xdpnn-bench-{os.getpid()}") as t:
         progress(f"bench: {t.gen} [g0] -> [d0] {t.dut} [d1] -> [s0] {t.sink}, "
@@ -176,15 +174,12 @@ def run(s: Settings) -> dict:
                         lost[v.name] += missing
                     progress(f"  rates, trial {k + 1}/{s.trials}: " + ", ".join(
                         f"{v.name} {rates[v.name][-1] / 1e6:.2f}" for v in variants) + " Mpps")
-                try:
-                    BPF_STATS.write_text("1")
+                with bpf_sys.bpf_stats():
                     for k in range(s.trials):
                         for v in rotated(variants, k):
                             per_packet[v.name].append(stats_trial(v, gen, t, s.stats_seconds))
-                    progress("  bpf_stats, ns per packet: " + ", ".join(
-                        f"{v.name} {np.median(per_packet[v.name]):.0f}" for v in variants))
-                finally:
-                    BPF_STATS.write_text(stats_before)
+                progress("  bpf_stats, ns per packet: " + ", ".join(
+                    f"{v.name} {np.median(per_packet[v.name]):.0f}" for v in variants))
                 classified = {v.name: all_classified(v) for v in variants
                               if v.kind == "inference"}
                 frames = [packets.request(p, PORT) for p in payloads[:TEST_RUN_FRAMES]]

@@ -23,8 +23,9 @@ import numpy as np
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
-from scapy.all import DNS, DNSQR, ICMP, IP, TCP, UDP, Ether, Raw, raw, wrpcap  # noqa: E402
+from scapy.all import DNS, DNSQR, ICMP, IP, TCP, UDP, Ether, Raw, raw  # noqa: E402
 
+from traffic import packets  # noqa: E402
 from traffic.packets import DST_MAC, SRC_MAC  # noqa: E402
 
 CLASSES = ("dns", "ntp", "http", "tls", "ssh", "quic", "background")
@@ -164,7 +165,7 @@ def write_pcaps(directory: Path, per_class: int = DEFAULT_PER_CLASS, seed: int =
     paths = []
     for name, frames in generate(per_class, seed).items():
         path = directory / f"{name}.pcap"
-        wrpcap(str(path), [Ether(f) for f in frames])
+        packets.write_pcap(str(path), frames)
         paths.append(path)
     return paths
 

@@ -276,8 +276,9 @@ def frames_dataset(frames_by_class: dict[str, list[bytes]], source: str) -> Data
 
 def pcaps(directory: Path) -> Dataset:
     """DIR/*.pcap (or .pcapng), one file per class; the file stem is the class."""
-    from scapy.utils import rdpcap
     from scapy.error import Scapy_Exception
+
+    from traffic.packets import read_pcap
 
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory")
@@ -288,7 +289,7 @@ def pcaps(directory: Path) -> Dataset:
     frames_by_class = {}
     for path in files:
         try:
-            frames = [bytes(p) for p in rdpcap(str(path))]
+            frames = read_pcap(str(path))
         except (Scapy_Exception, OSError, EOFError, struct.error, ValueError) as e:
             raise DataError(f"{path}: not a readable pcap ({e})") from None
         usable = [f for f in frames if features.header_record(f)[1] is not None]
