@@ -5,10 +5,17 @@
 #     (the suite validates vagrant/Vagrantfile)
 #   kernel headers for BCC: linux-headers-$(uname -r), or a documented fallback
 #   .venv: a venv over Debian's python3 (it sees bcc), with xdpnn installed
+# With everything present it needs no network (the offline Vagrant box
+# relies on that).  `setup.sh --packages` prints the Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 say() { echo "setup: $*"; }
+PKGS="python3-bpfcc libbpf1 iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant"
+if [ "${1:-}" = --packages ]; then
+	echo "$PKGS"
+	exit 0
+fi
 
 if [ "$(id -u)" != 0 ]; then
 	echo "setup: needs root (apt, kernel headers): run it with sudo" >&2
@@ -17,7 +24,6 @@ fi
 
 # --- Debian packages --------------------------------------------------------
 KVER=$(uname -r)
-PKGS="python3-bpfcc libbpf1 iproute2 python3-venv python3-pip vagrant"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -59,7 +65,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
 	say "installing xdpnn and its Python dependencies into .venv"
-	.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	# Debian's setuptools builds the package (no build environment to fetch);
+	# dependencies already installed, from pip or Debian, are not fetched.
+	.venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
 	touch .venv/.installed
 fi
 .venv/bin/python -c "import bcc, numpy, scapy" || {

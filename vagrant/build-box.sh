@@ -1,8 +1,9 @@
 #!/bin/bash
 # Builds a Vagrant box (libvirt provider) from Debian's archive alone, for
 # machines that cannot reach a box catalogue: bookworm with the stock kernel
-# and its matching headers, systemd, sshd and the `vagrant` user with
-# Vagrant's well-known insecure key (replaced at the first `vagrant up`).
+# and its matching headers, systemd, sshd, the QEMU guest agent and the
+# `vagrant` user with Vagrant's well-known insecure key (replaced at the
+# first `vagrant up`).
 #   sudo vagrant/build-box.sh OUTDIR          -> OUTDIR/xdpnn-bookworm.box
 #   vagrant box add --name xdpnn-bookworm OUTDIR/xdpnn-bookworm.box
 #   cd vagrant && XDPNN_BOX=xdpnn-bookworm vagrant up --provider libvirt
@@ -15,7 +16,12 @@ KEY=$(ls /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub 2>/
 for tool in mmdebstrap mkfs.ext4 qemu-img tar; do
 	command -v $tool >/dev/null || { echo "build-box: $tool missing (apt install mmdebstrap e2fsprogs qemu-utils)" >&2; exit 8; }
 done
-PACKAGES="systemd-sysv,linux-image-amd64,linux-headers-amd64,openssh-server,sudo,ifupdown,isc-dhcp-client,rsync,make,python3-bpfcc,libbpf1,python3-venv,python3-pip,iproute2,kmod,procps,udev"
+# Everything `vagrant up` provisions is already in the box (setup.sh's
+# packages, the Python test dependencies from Debian), so provisioning needs
+# no network: the guest can run without one (see the Vagrantfile).
+BASE="systemd-sysv linux-image-amd64 linux-headers-amd64 openssh-server sudo ifupdown isc-dhcp-client qemu-guest-agent rsync make kmod procps udev"
+PYTHON="python3-numpy python3-scapy python3-pytest python3-sklearn"
+PACKAGES=$(echo $BASE $(bash "$HERE/../scripts/setup.sh" --packages) $PYTHON | tr ' ' ,)
 
 mkdir -p "$OUT"
 WORK=$(mktemp -d "$OUT/box.XXXXXX")
