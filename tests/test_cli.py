@@ -5,29 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli import xdpnn
 from loader import datapath
 from trainer.model import load, random_model
 from traffic import packets
 
-REPO = Path(__file__).resolve().parent.parent
 root = pytest.mark.root
-
-
-def xdpnn(*args, user=None) -> subprocess.CompletedProcess:
-    def drop_privileges():
-        os.setgid(user)
-        os.setuid(user)
-
-    return subprocess.run([sys.executable, "-m", "loader.cli", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          preexec_fn=drop_privileges if user is not None else None)
 
 
 def assert_error(r, code, *names):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+from cli import HANG_GUARD_S, ROOT, xdpnn
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def leftovers(pid):
@@ -20,8 +20,7 @@ def leftovers(pid):
 
 
 def test_demo_matches_the_reference_and_cleans_up():
-    r = subprocess.run([sys.executable, "-m", "loader.cli", "demo", "--packets", "120"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = xdpnn("demo", "--packets", "120")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kernel == reference (every row of the matrix): yes" in r.stdout
     assert "accuracy in the kernel: " in r.stdout
@@ -32,14 +31,14 @@ def test_demo_matches_the_reference_and_cleans_up():
 def test_demo_cleans_up_on_ctrl_c():
     p = subprocess.Popen([sys.executable, "-m", "loader.cli", "demo", "--packets", "2000"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S
     line = ""
     # Interrupt while it attaches: the latest point that is never over
     # before the signal lands, however loaded the machine is.
     while "[3/5]" not in line and time.monotonic() < deadline:
         line = p.stdout.readline()
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=HANG_GUARD_S)
     assert p.returncode == 130, out + err
     assert "interrupted" in err
     assert leftovers(p.pid) == []

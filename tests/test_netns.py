@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
+import cli  # noqa: E402
 from trainer import features, reference  # noqa: E402
 from trainer.model import random_model  # noqa: E402
 from traffic import packets  # noqa: E402
@@ -23,17 +23,12 @@ from traffic.sender import Capture, send_frames  # noqa: E402
 from traffic.sink import Sink  # noqa: E402
 from traffic.topology import Topology  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 PORT = 9595
 _ids = itertools.count()
 
 
 def xdpnn(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "loader.cli", *args], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)  # an emulated VM compiles slowly
-    if check and r.returncode != 0:
-        raise AssertionError(f"xdpnn {' '.join(args)} exited {r.returncode}: {r.stderr}")
-    return r
+    return cli.xdpnn(*args, check=check)
 
 
 @contextmanager

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import gzip
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli import xdpnn
 from trainer import data, features
 from trainer.data import DataError
 from trainer.model import load
 from traffic import dataset
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 def test_digits_encoding():
     ds = data.load("digits")
@@ -177,9 +173,6 @@ def test_pcaps_need_two_classes(tmp_path):
 
 # --- the command ------------------------------------------------------------------------
 
-def xdpnn(*args):
-    return subprocess.run([sys.executable, "-m", "loader.cli", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_cli_train_writes_a_model_with_its_report(tmp_path):
