@@ -4,13 +4,13 @@
 # root and returns pytest's exit code.  The guest's console is saved to
 # .vm/console.log.  No network for the guest beyond what tests build in it.
 #   vagrant/vm-test.sh [PYTEST ARGS...]     (default: the VM selection below)
-# Environment: XDPNN_VM_ACCEL=tcg|kvm (default tcg: works everywhere; kvm is
-# faster where /dev/kvm runs stock kernels), XDPNN_VM_TIMEOUT seconds (1500).
+# Environment: XDPNN_VM_ACCEL=auto|kvm|tcg (auto: KVM where it boots the
+# guest's kernel, QEMU's emulator otherwise), XDPNN_VM_TIMEOUT seconds (1500).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/.vm
 NEED_MB=4500
-ACCEL=${XDPNN_VM_ACCEL:-tcg}
+ACCEL=${XDPNN_VM_ACCEL:-auto}
 TIMEOUT=${XDPNN_VM_TIMEOUT:-1500}
 # Under the emulator every BPF compile takes most of a minute, so the VM
 # runs what differs between kernels, one test of each kind: the verifier on
@@ -30,6 +30,10 @@ DEFAULT_ARGS="-q --durations=0 \
  tests/test_traffic.py::test_pktgen_sends_an_exact_count"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
 
+case $ACCEL in auto|kvm|tcg) ;; *)
+	echo "vm-test: XDPNN_VM_ACCEL must be auto, kvm or tcg, not '$ACCEL'" >&2
+	exit 2 ;;
+esac
 if [ "$(id -u)" != 0 ]; then
 	echo "vm-test: needs root (Debian packages, the image's root file system): use sudo" >&2
 	exit 9
@@ -55,6 +59,24 @@ fi
 bash "$ROOT/vagrant/build-image.sh" "$OUT"
 DISK=$(ls -t "$OUT"/disk-*.raw | head -1)
 KEY=${DISK##*/disk-}; KEY=${KEY%.raw}
+# A /dev/kvm that exists may still not boot a stock kernel (some hosts offer
+# only paravirtualized guests).  The probe boots the kernel with no root: it
+# panics within seconds where KVM works, and fails or hangs where it does not.
+kvm_boots() {
+	[ -w /dev/kvm ] || return 1
+	timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nographic -no-reboot -nic none \
+		-kernel "$OUT/vmlinuz-$KEY" -append "console=ttyS0 panic=-1" </dev/null 2>&1 |
+		grep -q "Kernel panic"
+}
+if [ "$ACCEL" = auto ]; then
+	if kvm_boots; then
+		ACCEL=kvm
+	else
+		ACCEL=tcg
+		echo "vm-test: KVM cannot boot the guest's kernel here: using QEMU's emulator (slower)"
+	fi
+fi
+[ "$ACCEL" = kvm ] && CPU=host || CPU=max
 RUN=$(mktemp -d "$OUT/run.XXXXXX")
 trap 'rm -rf --one-file-system "$RUN"' EXIT
 mkdir "$RUN/results"
@@ -65,7 +87,7 @@ qemu-img create -q -f qcow2 -b "$DISK" -F raw "$RUN/overlay.qcow2"
 echo "vm-test: booting Debian's stock kernel ($ACCEL), running pytest $ARGS"
 start=$(date +%s)
 set +e
-timeout "$TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -cpu max -smp 2 -m 3072 \
+timeout "$TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -cpu "$CPU" -smp 2 -m 3072 \
 	-nographic -no-reboot -nic none \
 	-kernel "$OUT/vmlinuz-$KEY" -initrd "$OUT/initrd-$KEY" \
 	-append "root=/dev/vda rw console=ttyS0 init=/sbin/xdpnn-init panic=-1 quiet" \
