@@ -21,15 +21,18 @@ for tool in mmdebstrap mkfs.ext4; do
 done
 ROOTFS=$(mktemp -d "$OUT/rootfs.XXXXXX")
 # --one-file-system: never follow a mount a killed mmdebstrap left behind
-trap 'rm -rf --one-file-system "$ROOTFS"' EXIT
+trap 'rm -rf --one-file-system "$ROOTFS" "$OUT"/disk-*.raw.part' EXIT
 echo "vm image: debootstrapping bookworm into $ROOTFS (a few minutes)"
 mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
 	--customize-hook='echo xdpnn-vm > "$1/etc/hostname"' \
 	bookworm "$ROOTFS"
 install -m 0755 "$HERE/guest-init" "$ROOTFS/sbin/xdpnn-init"
 mkdir -p "$ROOTFS/project" "$ROOTFS/results"
+# One image in the cache: drop those of other keys.
+rm -f "$OUT"/disk-*.raw "$OUT"/vmlinuz-* "$OUT"/initrd-*
 cp "$ROOTFS"/boot/vmlinuz-* "$OUT/vmlinuz-$KEY"
 cp "$ROOTFS"/boot/initrd.img-* "$OUT/initrd-$KEY"
-rm -f "$OUT"/disk-*.raw "$OUT"/vmlinuz-[!$KEY]* 2>/dev/null || true
-mkfs.ext4 -q -F -L xdpnn-root -d "$ROOTFS" "$OUT/disk-$KEY.raw" 3G
+# Built under a temporary name: an interrupted build is never reused.
+mkfs.ext4 -q -F -L xdpnn-root -d "$ROOTFS" "$OUT/disk-$KEY.raw.part" 3G >/dev/null
+mv "$OUT/disk-$KEY.raw.part" "$OUT/disk-$KEY.raw"
 echo "vm image: $OUT/disk-$KEY.raw ($(du -sh "$OUT/disk-$KEY.raw" | cut -f1) used)"
