@@ -8,8 +8,8 @@ import os
 import sys
 import time
 
-from loader import errors
-from loader.errors import UsageError, XdpnnError
+from xdpnn.loader import errors
+from xdpnn.loader.errors import UsageError, XdpnnError
 
 EPILOGS = {
     "attach": """examples:
@@ -77,7 +77,7 @@ def out(args, data, text: str) -> None:
 # --- commands ---------------------------------------------------------------
 
 def cmd_attach(args):
-    from loader import datapath
+    from xdpnn.loader import datapath
     if args.ebpf:
         return print_ebpf(datapath.load_model(args.model))
     rec = datapath.attach(args.iface, args.model, peer=args.peer, input_mode=args.input,
@@ -91,7 +91,7 @@ def cmd_attach(args):
 
 
 def cmd_detach(args):
-    from loader import datapath
+    from xdpnn.loader import datapath
     rep = datapath.detach(args.iface, args.netns)
     lines = [f"detached from {', '.join(rep['detached']) or 'nothing'}; pins removed"]
     lines += [f"  skipped {s}" for s in rep["skipped"]]
@@ -99,7 +99,7 @@ def cmd_detach(args):
 
 
 def cmd_status(args):
-    from loader import datapath
+    from xdpnn.loader import datapath
     recs = datapath.status()
     if not recs:
         return out(args, [], "nothing attached")
@@ -120,7 +120,7 @@ def cmd_status(args):
 
 
 def cmd_stats(args):
-    from loader import datapath
+    from xdpnn.loader import datapath
     if args.interval is None:
         s = datapath.stats(args.iface, args.netns)
         return out(args, s, format_stats(s, None))
@@ -158,14 +158,14 @@ def format_stats(s: dict, prev: dict | None) -> str:
 
 
 def cmd_swap(args):
-    from loader import datapath
+    from xdpnn.loader import datapath
     rec = datapath.swap(args.iface, args.netns, args.model)
     out(args, rec, f"{args.iface}: now running {rec['model']['path']} "
                    f"(sha256 {rec['model']['sha256'][:12]})")
 
 
 def cmd_set(args):
-    from loader import datapath
+    from xdpnn.loader import datapath
     if not args.action and args.port is None:
         raise UsageError("set: nothing to change: give --action and/or --port")
     rec = datapath.set_options(args.iface, args.netns, args.action, args.port)
@@ -175,7 +175,7 @@ def cmd_set(args):
 
 
 def cmd_predict(args):
-    from loader import compile, datapath, testrun
+    from xdpnn.loader import compile, datapath, testrun
     model = datapath.load_model(args.model)
     if args.ebpf:
         return print_ebpf(model, record_input=True)
@@ -222,7 +222,7 @@ def read_frames(args) -> list[bytes]:
             return [bytes.fromhex(h.replace(":", "")) for h in args.hex]
         except ValueError as e:
             raise UsageError(f"--hex: not hexadecimal bytes ({e})") from None
-    from traffic import packets
+    from xdpnn.traffic import packets
     try:
         frames = packets.read_pcap(args.pcap)
     except (OSError, EOFError, Exception) as e:
@@ -233,8 +233,8 @@ def read_frames(args) -> list[bytes]:
 
 
 def cmd_verify(args):
-    from loader import datapath, testrun
-    from trainer.model import ModelError, random_model
+    from xdpnn.loader import datapath, testrun
+    from xdpnn.trainer.model import ModelError, random_model
     if args.model:
         model = datapath.load_model(args.model)
     else:
@@ -274,7 +274,7 @@ def parse_shape(shape: str) -> list[int]:
 
 
 def cmd_model_random(args):
-    from trainer.model import ModelError, random_model
+    from xdpnn.trainer.model import ModelError, random_model
     try:
         m = random_model(parse_shape(args.shape), seed=args.seed, mode=args.input,
                          port=args.port)
@@ -286,7 +286,7 @@ def cmd_model_random(args):
 
 
 def cmd_model_show(args):
-    from loader import datapath, layout
+    from xdpnn.loader import datapath, layout
     m = datapath.load_model(args.file)
     info = {"file": args.file, "shape": m.shape, "layers": m.sizes, "input": m.input,
             "classes": m.classes, "provenance": m.provenance,
@@ -300,8 +300,8 @@ def cmd_model_show(args):
 
 def cmd_send(args):
     import numpy as np
-    from traffic import packets
-    from traffic.sender import send_frames
+    from xdpnn.traffic import packets
+    from xdpnn.traffic.sender import send_frames
     if args.count is not None and args.count < 1:
         raise UsageError(f"--count {args.count}: expected at least 1")
     if args.pcap:
@@ -313,7 +313,7 @@ def cmd_send(args):
         rng = np.random.default_rng(args.seed)
         frames = [packets.request(rng.integers(0, 256, args.bytes, dtype=np.uint8).tobytes(),
                                   args.port) for _ in range(args.count)]
-    from loader.netns import ifindex, netns
+    from xdpnn.loader.netns import ifindex, netns
     with netns(args.netns):
         ifindex(args.iface, args.netns)
     try:
@@ -336,8 +336,8 @@ exit code 10: the data source cannot be read (the message names the file and the
 
 
 def cmd_train(args):
-    from trainer import data, train
-    from trainer.model import ModelError
+    from xdpnn.trainer import data, train
+    from xdpnn.trainer.model import ModelError
     try:
         hidden = [int(h) for h in args.hidden.split(",")]
     except ValueError:
@@ -370,17 +370,17 @@ Writes bench.json, bench.md and bench.png (with matplotlib) to --out
 
 
 def cmd_bench(args):
-    from traffic import bench
+    from xdpnn.traffic import bench
     return bench.command(args)
 
 
 def cmd_demo(args):
-    from traffic import demo
+    from xdpnn.traffic import demo
     return demo.run(args)
 
 
 def print_ebpf(model, record_input: bool = False):
-    from loader import compile
+    from xdpnn.loader import compile
     text, flags = compile.source_and_flags(model, record_input)
     print("/* cflags: " + " ".join(flags) + " */")
     print(text)

@@ -10,13 +10,14 @@ import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 
-from loader import bpf_sys, layout, maps
-from loader.errors import BuildError, MissingFeatureError
-from trainer.model import DEFAULT_PORT, Model
+from xdpnn.loader import bpf_sys, layout, maps
+from xdpnn.loader.errors import BuildError, MissingFeatureError
+from xdpnn.trainer.model import DEFAULT_PORT, Model
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+# Package data; installed on a file system, so BCC can read #includes from it (-I).
+BPF_DIR = resources.files("xdpnn.bpf")
 SOURCE = BPF_DIR / "xdpnn.c"
 MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
 

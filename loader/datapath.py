@@ -16,10 +16,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from loader import bpf_sys, compile, maps
-from loader.errors import AttachError, MissingFeatureError, StateError, UsageError, XdpnnError
-from loader.netns import ifindex, netns
-from trainer import model as model_file
+from xdpnn.loader import bpf_sys, compile, maps
+from xdpnn.loader.errors import AttachError, MissingFeatureError, StateError, UsageError, XdpnnError
+from xdpnn.loader.netns import ifindex, netns
+from xdpnn.trainer import model as model_file
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/xdpnn"
@@ -166,7 +166,7 @@ def _detach_in(ns, idx, prog_fd, xdp_mode, name):
 
 
 def load_model(path: str) -> model_file.Model:
-    from loader.errors import ModelFileError
+    from xdpnn.loader.errors import ModelFileError
     try:
         return model_file.load(path)
     except model_file.ModelError as e:
@@ -174,7 +174,7 @@ def load_model(path: str) -> model_file.Model:
 
 
 def _validate(model, path):
-    from loader.errors import ModelFileError
+    from xdpnn.loader.errors import ModelFileError
     try:
         model.validate()
     except model_file.ModelError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.model import Model
+from xdpnn.trainer.model import Model
 
 INPUT_MODE_IDS = {"payload": 0, "headers": 1}  # NN_INPUT_* in bpf/xdpnn_shared.h
 

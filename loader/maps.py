@@ -10,7 +10,7 @@ import ctypes
 
 import numpy as np
 
-from trainer.features import INPUT_RESULTS  # enum nn_input_result, in order
+from xdpnn.trainer.features import INPUT_RESULTS  # enum nn_input_result, in order
 
 MAX_CLASSES = 64  # NN_MAX_CLASSES
 ACTIONS = ("count", "pass", "drop", "redirect")  # enum nn_action, in order

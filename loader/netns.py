@@ -12,7 +12,7 @@ import os
 import socket
 from contextlib import contextmanager
 
-from loader.errors import AttachError
+from xdpnn.loader.errors import AttachError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"

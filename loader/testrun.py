@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loader import bpf_sys, compile, maps
-from trainer import features, reference
-from trainer.model import DEFAULT_PORT, Model
+from xdpnn.loader import bpf_sys, compile, maps
+from xdpnn.trainer import features, reference
+from xdpnn.trainer.model import DEFAULT_PORT, Model
 
 
 @dataclass
@@ -86,7 +86,7 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None) -> dict:
     Payload mode sends random input bits as requests; headers mode sends
     random TCP/UDP/ICMP packets, whose bits come from the Python twin.
     """
-    from traffic import packets  # scapy loads only for commands that build frames
+    from xdpnn.traffic import packets  # scapy loads only for commands that build frames
 
     rng = np.random.default_rng(seed)
     port = model.input.get("port", DEFAULT_PORT)

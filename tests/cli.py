@@ -22,7 +22,7 @@ def xdpnn(*args, check: bool = False, user: int | None = None) -> subprocess.Com
         os.setgid(user)
         os.setuid(user)
 
-    r = subprocess.run([sys.executable, "-m", "loader.cli", *map(str, args)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "xdpnn.loader.cli", *map(str, args)], cwd=ROOT,
                        capture_output=True, text=True, timeout=HANG_GUARD_S,
                        preexec_fn=drop_privileges if user is not None else None)
     if check and r.returncode != 0:

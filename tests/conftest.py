@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def build():
     """compile.build(), with every program it made closed at teardown."""
-    from loader import compile
+    from xdpnn.loader import compile
 
     progs = []
 

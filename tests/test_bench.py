@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cli import xdpnn
-from trainer import reference
-from trainer.model import random_model
+from xdpnn.trainer import reference
+from xdpnn.trainer.model import random_model
 
 # docs/benchmarks.md, "The JSON file": keep the two in step.
 TOP_KEYS = {"schema", "started", "seconds", "environment", "forwarding", "inference"}
@@ -26,7 +26,7 @@ SUMMARY_KEYS = {"median", "min", "max", "trials"}
 @pytest.mark.parametrize("sizes", [[256, 32, 16, 2], [784, 64, 32, 10], [784, 256, 256, 10],
                                    [100, 3, 70, 5], [1024, 512, 1, 64], [64, 64, 64, 64, 64, 3]])
 def test_c_baseline_equals_the_reference(sizes):
-    from traffic.baseline import CBaseline
+    from xdpnn.traffic.baseline import CBaseline
     model = random_model(sizes, seed=4)
     bits = np.random.default_rng(5).integers(0, 2, (500, sizes[0]), dtype=np.uint8)
     want = reference.predict(model, bits)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from cli import xdpnn
-from loader import datapath
-from trainer.model import load, random_model
-from traffic import packets
+from xdpnn.loader import datapath
+from xdpnn.trainer.model import load, random_model
+from xdpnn.traffic import packets
 
 root = pytest.mark.root
 

@@ -29,7 +29,7 @@ def test_demo_matches_the_reference_and_cleans_up():
 
 
 def test_demo_cleans_up_on_ctrl_c():
-    p = subprocess.Popen([sys.executable, "-m", "loader.cli", "demo", "--packets", "2000"],
+    p = subprocess.Popen([sys.executable, "-m", "xdpnn.loader.cli", "demo", "--packets", "2000"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + HANG_GUARD_S
     line = ""

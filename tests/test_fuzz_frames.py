@@ -7,10 +7,10 @@ import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
-from loader import compile  # noqa: E402
-from loader.testrun import Runner, expected  # noqa: E402
-from trainer.model import random_model  # noqa: E402
-from traffic import packets  # noqa: E402
+from xdpnn.loader import compile  # noqa: E402
+from xdpnn.loader.testrun import Runner, expected  # noqa: E402
+from xdpnn.trainer.model import random_model  # noqa: E402
+from xdpnn.traffic import packets  # noqa: E402
 
 PORT = 9595
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scapy.all import IP, TCP, UDP, Ether, Raw, raw
 
-from loader import bpf_sys, compile, maps, testrun
-from trainer import features, reference
-from trainer.model import random_model
-from traffic import packets
+from xdpnn.loader import bpf_sys, compile, maps, testrun
+from xdpnn.trainer import features, reference
+from xdpnn.trainer.model import random_model
+from xdpnn.traffic import packets
 
 pytestmark = pytest.mark.root
 

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from loader import layout
-from trainer import reference
-from trainer.model import FORMAT, VERSION, Model, ModelError, load, random_model
+from xdpnn.loader import layout
+from xdpnn.trainer import reference
+from xdpnn.trainer.model import FORMAT, VERSION, Model, ModelError, load, random_model
 
 SHAPE = [20, 6, 5, 3]  # 20 inputs: the packed rows carry 4 padding bits
 

@@ -16,12 +16,12 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 import cli  # noqa: E402
-from trainer import features, reference  # noqa: E402
-from trainer.model import random_model  # noqa: E402
-from traffic import packets  # noqa: E402
-from traffic.sender import Capture, send_frames  # noqa: E402
-from traffic.sink import Sink  # noqa: E402
-from traffic.topology import Topology  # noqa: E402
+from xdpnn.trainer import features, reference  # noqa: E402
+from xdpnn.trainer.model import random_model  # noqa: E402
+from xdpnn.traffic import packets  # noqa: E402
+from xdpnn.traffic.sender import Capture, send_frames  # noqa: E402
+from xdpnn.traffic.sink import Sink  # noqa: E402
+from xdpnn.traffic.topology import Topology  # noqa: E402
 
 PORT = 9595
 _ids = itertools.count()

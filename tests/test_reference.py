@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import reference
-from trainer.model import Model, random_model
+from xdpnn.trainer import reference
+from xdpnn.trainer.model import Model, random_model
 
 
 def model(weights, thresholds, scale, bias) -> Model:

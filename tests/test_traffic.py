@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from traffic import packets
+from xdpnn.traffic import packets
 
 pytestmark = pytest.mark.netns
 _ids = itertools.count()
@@ -19,16 +19,16 @@ PORT = 9595
 @contextmanager
 def receiver(drop: bool):
     """A fresh topology with a counting program on d0, the generator's peer."""
-    from traffic.sink import Sink
-    from traffic.topology import Topology
+    from xdpnn.traffic.sink import Sink
+    from xdpnn.traffic.topology import Topology
     with Topology(f"xtr{os.getpid() % 10000}-{next(_ids)}") as t, \
             Sink(t.dut, "d0", drop=drop) as sink:
         yield t, sink
 
 
 def test_live_frames_cycle_the_inputs_in_order():
-    from traffic.livegen import LiveGen, random_payloads
-    from traffic.sender import Capture
+    from xdpnn.traffic.livegen import LiveGen, random_payloads
+    from xdpnn.traffic.sender import Capture
     payloads = random_payloads(98, seed=3, n=64)
     with receiver(drop=False) as (t, sink), Capture(t.dut, "d0") as cap, \
             LiveGen(t.gen, "g0", payloads, PORT) as gen:
@@ -39,7 +39,7 @@ def test_live_frames_cycle_the_inputs_in_order():
 
 
 def test_live_frames_send_an_exact_count_at_millions_of_frames_per_second():
-    from traffic.livegen import LiveGen, random_payloads
+    from xdpnn.traffic.livegen import LiveGen, random_payloads
     with receiver(drop=True) as (t, sink), \
             LiveGen(t.gen, "g0", random_payloads(32, n=1024), PORT) as gen:
         sent = gen.send(200_003)
@@ -50,7 +50,7 @@ def test_live_frames_send_an_exact_count_at_millions_of_frames_per_second():
 
 
 def test_scapy_sender_sends_an_exact_count():
-    from traffic.sender import send_frames
+    from xdpnn.traffic.sender import send_frames
     frames = [packets.request(bytes([i]) * 32, PORT) for i in range(23)]
     with receiver(drop=True) as (t, sink):
         assert send_frames(t.gen, "g0", frames) == 23
@@ -58,7 +58,7 @@ def test_scapy_sender_sends_an_exact_count():
 
 
 def test_pktgen_sends_an_exact_count():
-    from traffic import pktgen
+    from xdpnn.traffic import pktgen
     with receiver(drop=True) as (t, sink):
         reason = pktgen.unavailable_reason(t.gen)
         if reason:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loader.testrun import Runner
-from trainer import data, export, features, reference, train
-from trainer.model import load
-from traffic import dataset, packets
+from xdpnn.loader.testrun import Runner
+from xdpnn.trainer import data, export, features, reference, train
+from xdpnn.trainer.model import load
+from xdpnn.traffic import dataset, packets
 
 root = pytest.mark.root
 SMALL = dict(hidden=[64], epochs=25, patience=8)

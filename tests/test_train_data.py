@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cli import xdpnn
-from trainer import data, features
-from trainer.data import DataError
-from trainer.model import load
-from traffic import dataset
+from xdpnn.trainer import data, features
+from xdpnn.trainer.data import DataError
+from xdpnn.trainer.model import load
+from xdpnn.traffic import dataset
 
 def test_digits_encoding():
     ds = data.load("digits")

@@ -10,16 +10,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from loader import layout
-from loader.errors import MissingFeatureError
-from trainer import reference
-from trainer.model import Model
+from xdpnn.loader import layout
+from xdpnn.loader.errors import MissingFeatureError
+from xdpnn.trainer import reference
+from xdpnn.trainer.model import Model
 
-SOURCE = Path(__file__).resolve().parent / "bnn_user.c"
+SOURCE = resources.files("xdpnn.traffic") / "bnn_user.c"
 # -march=native brings popcnt (and whatever else this CPU has); -mpopcnt is
 # the fallback for compilers that do not know the CPU.
 FLAG_SETS = (["-O3", "-march=native"], ["-O3", "-mpopcnt"])

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from loader import bpf_sys, datapath, layout
-from loader.errors import UsageError
-from trainer import reference
-from trainer.model import Model, ModelError, random_model
-from traffic import baseline, forwarder, livegen, packets
-from traffic.sink import Sink
-from traffic.topology import Topology
+from xdpnn.loader import bpf_sys, datapath, layout
+from xdpnn.loader.errors import UsageError
+from xdpnn.trainer import reference
+from xdpnn.trainer.model import Model, ModelError, random_model
+from xdpnn.traffic import baseline, forwarder, livegen, packets
+from xdpnn.traffic.sink import Sink
+from xdpnn.traffic.topology import Topology
 
 DEFAULT_SHAPES = ("256-32-16-2", "784-64-32-10", "784-256-256-10")
 PORT = 9595
@@ -105,7 +105,7 @@ def environment(s: Settings, packet_bytes: int) -> dict:
 def set_threaded_napi(t: Topology) -> None:
     """Moves every port's NAPI into a kernel thread, so the host under test
     can run on the other CPU than the generator (possible once XDP is on)."""
-    from traffic.topology import ip
+    from xdpnn.traffic.topology import ip
     for ns, dev in ((t.gen, "g0"), (t.dut, "d0"), (t.dut, "d1"), (t.sink, "s0")):
         # sysfs shows a namespace's devices only when mounted inside it.
         ip("netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded")
@@ -258,7 +258,7 @@ def command(args) -> None:
     """`xdpnn bench`: measure, write the results directory, print the tables."""
     import json
 
-    from traffic import bench_report
+    from xdpnn.traffic import bench_report
     s = Settings.quick() if args.quick else Settings()
     if args.shape:
         s.shapes = args.shape

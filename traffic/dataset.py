@@ -7,7 +7,7 @@ ClientHellos, SSH banners, QUIC Initial packets, and background traffic
 198.18.0.0/15 only; ports, lengths, TTLs, TCP windows and options vary the
 way client stacks make them vary.  The same seed gives the same frames.
 
-    python -m traffic.dataset DIR [--per-class N] [--seed S]
+    python -m xdpnn.traffic.dataset DIR [--per-class N] [--seed S]
 
 writes one pcap per class (DIR/<class>.pcap), the layout `xdpnn train
 --data pcaps:DIR` reads; `--data traffic` generates the same set in memory.
@@ -25,8 +25,8 @@ logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 from scapy.all import DNS, DNSQR, ICMP, IP, TCP, UDP, Ether, Raw, raw  # noqa: E402
 
-from traffic import packets  # noqa: E402
-from traffic.packets import DST_MAC, SRC_MAC  # noqa: E402
+from xdpnn.traffic import packets  # noqa: E402
+from xdpnn.traffic.packets import DST_MAC, SRC_MAC  # noqa: E402
 
 CLASSES = ("dns", "ntp", "http", "tls", "ssh", "quic", "background")
 DEFAULT_PER_CLASS = 300

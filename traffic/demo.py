@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import os
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from loader import bpf_sys, datapath
-from loader.errors import MismatchError, UsageError
-from trainer import reference
-from trainer.train import confusion, labeled_test_set
-from traffic import packets
-from traffic.sender import send_frames
-from traffic.sink import Sink
-from traffic.topology import Topology
+from xdpnn.loader import bpf_sys, datapath
+from xdpnn.loader.errors import MismatchError, UsageError
+from xdpnn.trainer import reference
+from xdpnn.trainer.train import confusion, labeled_test_set
+from xdpnn.traffic import packets
+from xdpnn.traffic.sender import send_frames
+from xdpnn.traffic.sink import Sink
+from xdpnn.traffic.topology import Topology
 
 # Regenerate with `make models/digits-default.npz` (deterministic: seed 0).
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits-default.npz"
+DEFAULT_MODEL = Path(str(resources.files("xdpnn.models") / "digits-default.npz"))
 
 
 def say(msg: str = "", end: str = "\n") -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ctypes
 from contextlib import contextmanager
 
-from loader import bpf_sys, compile, maps
-from loader.netns import ifindex, netns
-from trainer.model import Model
+from xdpnn.loader import bpf_sys, compile, maps
+from xdpnn.loader.netns import ifindex, netns
+from xdpnn.trainer.model import Model
 
 XDP_MODE = "native"
 

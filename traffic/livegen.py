@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 
 import numpy as np
 
-from loader import bpf_sys
-from loader.compile import captured_stderr, import_bcc
-from loader.netns import ifindex, netns
-from traffic import packets
+from xdpnn.loader import bpf_sys
+from xdpnn.loader.compile import captured_stderr, import_bcc
+from xdpnn.loader.netns import ifindex, netns
+from xdpnn.traffic import packets
 
-SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "livegen.c"
+SOURCE = resources.files("xdpnn.bpf") / "livegen.c"
 SLOTS = 1024  # inputs cycled through (a power of two: the program masks)
 RUN_FRAMES = 1 << 16  # frames per BPF_PROG_RUN call: the time bound is checked between calls
 

@@ -12,10 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-from loader.errors import MissingFeatureError
-from loader.netns import netns
-from traffic import packets
-from traffic.livegen import Sent
+from xdpnn.loader.errors import MissingFeatureError
+from xdpnn.loader.netns import netns
+from xdpnn.traffic import packets
+from xdpnn.traffic.livegen import Sent
 
 UNAVAILABLE = "pktgen module not available on this kernel"
 # /proc/net follows the process's first thread; thread-self follows setns.

@@ -7,7 +7,7 @@ import select
 import socket
 import time
 
-from loader.netns import netns
+from xdpnn.loader.netns import netns
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4

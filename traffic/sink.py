@@ -1,13 +1,13 @@
 """A counting XDP program (bpf/sink.c) on a topology's outer veth ends."""
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import resources
 
-from loader import bpf_sys
-from loader.compile import captured_stderr, import_bcc
-from loader.netns import ifindex, netns
+from xdpnn.loader import bpf_sys
+from xdpnn.loader.compile import captured_stderr, import_bcc
+from xdpnn.loader.netns import ifindex, netns
 
-SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "sink.c"
+SOURCE = resources.files("xdpnn.bpf") / "sink.c"
 
 
 class Sink:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from traffic import packets
+from xdpnn.traffic import packets
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

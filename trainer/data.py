@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import features
+from xdpnn.trainer import features
 
 # Digits pixels are 0..16: bit k of a pixel is set iff the pixel exceeds
 # DIGITS_LEVELS[k].  Four levels give 64 * 4 = 256 bits (32 payload bytes).
@@ -61,7 +61,7 @@ def load(spec: str, levels: int | None = None, label_column: str | None = None,
         # splits with the same seed and fraction, so test rows never shape it.
         return csv_file(Path(arg), levels or 4, label_column, split_seed, test_fraction)
     if kind == "traffic" and not arg:
-        from traffic import dataset
+        from xdpnn.traffic import dataset
         return frames_dataset(dataset.generate(seed=split_seed), "traffic (generated, seed "
                               f"{split_seed})")
     if kind == "pcaps" and arg:
@@ -278,7 +278,7 @@ def pcaps(directory: Path) -> Dataset:
     """DIR/*.pcap (or .pcapng), one file per class; the file stem is the class."""
     from scapy.error import Scapy_Exception
 
-    from traffic.packets import read_pcap
+    from xdpnn.traffic.packets import read_pcap
 
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.model import BIAS_RANGE, SCALE_RANGE, Model
+from xdpnn.trainer.model import BIAS_RANGE, SCALE_RANGE, Model
 
 
 def bn_fires(a: np.ndarray, gamma, beta, mean, var, eps: float) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.model import Model
+from xdpnn.trainer.model import Model
 
 
 def dot(bits: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from trainer import export, reference
-from trainer.data import Dataset, load, stratified_split, subset
-from trainer.model import Model, random_model
+from xdpnn.trainer import export, reference
+from xdpnn.trainer.data import Dataset, load, stratified_split, subset
+from xdpnn.trainer.model import Model, random_model
 
 EPS = 1e-5  # batch norm: keeps a zero-variance unit finite
 

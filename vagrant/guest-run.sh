@@ -12,6 +12,11 @@ ip link set lo up
 args=$(cat /results/pytest-args)
 echo "xdpnn-vm: kernel $(uname -r), pytest $args"
 eval "set -- $args"  # the runner shell-quoted them
+# The project's folders as the xdpnn package, mapped as pyproject.toml maps
+# them (the share is read-only, so nothing is installed from it).
+mkdir -p /tmp/pkg/xdpnn
+for d in loader trainer traffic bpf models; do ln -s "/project/$d" "/tmp/pkg/xdpnn/$d"; done
+export PYTHONPATH=/tmp/pkg
 cd /project
 # Under emulation, 1000 inputs per golden shape instead of up to 10000.
 export XDPNN_GOLDEN_SAMPLES_MAX=1000

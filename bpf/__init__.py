@@ -1,0 +1,1 @@
+"""The XDP programs' C sources (package data: compiled by BCC at run time)."""

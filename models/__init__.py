@@ -1,0 +1,1 @@
+"""Trained models shipped with xdpnn (package data): the demo's default."""
