@@ -1,69 +1,161 @@
-"""`xdpnn COMMAND`: the command line.  Each command is one function below;
-docs/commands.md is their manual."""
+"""`xdpnn COMMAND`: the command line.
+
+Each command is declared once, by the @command decorator on the function
+that runs it: its help, its examples, whether it needs root, and its
+options.  docs/commands.md is their manual.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import signal
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 from xdpnn.loader import errors
 from xdpnn.loader.errors import UsageError, XdpnnError
+from xdpnn.loader.netns import check_ifname, check_netns_name
+from xdpnn.trainer.model import DEFAULT_PORT
 
-EPILOGS = {
-    "attach": """examples:
-  sudo xdpnn attach veth0 --model model.npz
-  sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=drop
-  sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic""",
-    "detach": "examples:\n  sudo xdpnn detach veth0\n  sudo xdpnn -n dut detach d0",
-    "status": "examples:\n  sudo xdpnn status\n  sudo xdpnn -j status",
-    "stats": """examples:
-  sudo xdpnn stats veth0          totals since attach
-  sudo xdpnn stats veth0 1        every second, with rates, until Ctrl-C
-  sudo xdpnn -j stats veth0 1 5   five samples as JSON lines""",
-    "swap": "examples:\n  sudo xdpnn swap veth0 --model retrained.npz",
-    "set": """examples:
-  sudo xdpnn set veth0 --action attack=drop --action benign=count
-  sudo xdpnn set veth0 --action all=count --port 9696""",
-    "predict": """examples:
-  sudo xdpnn predict --model model.npz --pcap requests.pcap
-  sudo xdpnn predict --model model.npz --hex 020000000002020000000001080045...""",
-    "verify": """examples:
-  sudo xdpnn verify --model model.npz --samples 10000
-  sudo xdpnn verify --shape 784-256-256-10 --samples 10000 --seed 7""",
-    "model": """examples:
-  xdpnn model random 784-64-32-10 --out random.npz --seed 1
-  xdpnn model show random.npz""",
-    "send": """examples:
-  sudo xdpnn -n gen send g0 --count 23                 23 random 32-byte requests
-  sudo xdpnn -n gen send g0 --count 1000 --bytes 98 --port 9696
-  sudo xdpnn -n gen send g0 --pcap captured.pcap""",
-    "demo": """examples:
-  sudo xdpnn demo
-  sudo xdpnn demo --packets 500 --model model.npz""",
-}
 
+# --- option types: every value from a user is checked before it is used ------
+
+_BAD_VALUE = "\0"  # marks a type error for Parser.error, which puts the option first
+
+
+def _typed(parse: Callable, expected: str):
+    """An argparse type: parse(text), or the error '--option TEXT: expected ...'."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except (ValueError, UsageError, OverflowError):
+            shown = text if text.isprintable() and text and " " not in text else repr(text)
+            raise argparse.ArgumentTypeError(f"{_BAD_VALUE}{shown}: expected {expected}") \
+                from None
+    convert.__name__ = expected  # what argparse shows if it ever names the type
+    return convert
+
+
+def int_in(lo: int, hi: int):
+    def parse(text):
+        value = int(text, 10)
+        if not lo <= value <= hi:
+            raise ValueError
+        return value
+    return _typed(parse, f"an integer {lo}..{hi}")
+
+
+def float_in(lo: float, hi: float, lo_open: bool = True):
+    def parse(text):
+        value = float(text)
+        if not (math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi):
+            raise ValueError
+        return value
+    return _typed(parse, f"a number {lo}{'<' if lo_open else '<='}x<={hi:g}")
+
+
+def _shape(text: str) -> str:
+    if not re.fullmatch(r"[0-9]+(-[0-9]+)*", text):
+        raise ValueError
+    return text
+
+
+PORT = int_in(1, 65535)
+SEED = int_in(0, 2**32 - 1)
+SECONDS = float_in(0, 86400)
+IFNAME = _typed(check_ifname, "an interface name (1..15 bytes, no '/', ':', '@' or spaces)")
+NETNS = _typed(check_netns_name, "a network namespace name (no '/', not '.' or '..')")
+SHAPE = _typed(_shape, "sizes joined by '-', like 784-64-32-10")
+
+
+def shape_sizes(shape: str) -> list[int]:
+    return [int(s) for s in shape.split("-")]
+
+
+# --- the command table -----------------------------------------------------------
+
+def arg(*flags, **kw):
+    return (flags, kw)
+
+
+def one_of(*args, required=True):
+    """Mutually exclusive options."""
+    return ("group", required, args)
+
+
+@dataclass
+class Command:
+    name: str               # "model show" for a subcommand
+    func: Callable
+    help: str
+    examples: str
+    root: bool
+    options: list = field(default_factory=list)
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, examples: str, root: bool = True, options=()):
+    def register(func):
+        COMMANDS[name] = Command(name, func, help, examples, root, list(options))
+        return func
+    return register
+
+
+# --- running a command ---------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    json_wanted = any(a in ("-j", "--json") for a in argv)
+    name = "xdpnn"
+    # SIGTERM unwinds like Ctrl-C, so every command's cleanup runs.
+    old_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if args.command in NEEDS_ROOT and os.geteuid() != 0:
-            raise errors.PrivilegeError(f"{args.command}: needs root (BPF and network "
-                                          "administration): run it with sudo")
-        return args.func(args) or 0
+        args = build_parser().parse_args(argv)
+        name = args.command_name
+        if COMMANDS[name].root and os.geteuid() != 0:
+            raise errors.PrivilegeError("needs root (BPF and network administration): run it "
+                                        "with sudo")
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except SystemExit as e:  # --help and --version
+        return e.code or 0
     except XdpnnError as e:
-        msg = str(e) if str(e).startswith(f"{args.command}:") else f"{args.command}: {e}"
-        return report_error(args, msg, e.exit_code)
+        return report_error(json_wanted, name, str(e), e.exit_code)
     except KeyboardInterrupt:
-        return report_error(args, f"{args.command}: interrupted", 130)
+        return report_error(json_wanted, name, "interrupted", errors.INTERRUPTED)
+    except BrokenPipeError:
+        # Whoever read the output stopped (`| head`): end quietly, and keep
+        # Python's final flush from failing on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return errors.PIPE_CLOSED
     except OSError as e:  # a file, socket or command the step needed
-        return report_error(args, f"{args.command}: {e}", 1)
+        return report_error(json_wanted, name, str(e), 1)
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("XDPNN_DEBUG"):
+            raise
+        return report_error(json_wanted, name, f"internal error: {type(e).__name__}: {e}",
+                            errors.InternalError.exit_code)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
 
 
-def report_error(args, message: str, code: int) -> int:
-    if args.json:
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def report_error(json_wanted: bool, name: str, message: str, code: int) -> int:
+    step = name.split()[0]
+    if name != "xdpnn" and not message.startswith(f"{step}:"):
+        message = f"{step}: {message}"
+    if json_wanted:
         print(json.dumps({"error": message, "exit_code": code}))
     else:
         print(f"xdpnn: {message}", file=sys.stderr)
@@ -71,11 +163,31 @@ def report_error(args, message: str, code: int) -> int:
 
 
 def out(args, data, text: str) -> None:
-    print(json.dumps(data, indent=None if args.command == "stats" else 1) if args.json else text)
+    print(json.dumps(data, indent=None if args.command_name == "stats" else 1)
+          if args.json else text)
 
 
-# --- commands ---------------------------------------------------------------
+# --- commands ------------------------------------------------------------------
 
+@command("attach", "compile a model for an interface and attach it", """
+  sudo xdpnn attach veth0 --model model.npz
+  sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=drop
+  sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic""", options=[
+    arg("iface", type=IFNAME, help="interface to attach to"),
+    arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
+    arg("--peer", type=IFNAME, metavar="IFACE2",
+        help="forward between IFACE and IFACE2 through a DEVMAP (bump in the wire); without "
+             "it, packets go to the local stack"),
+    arg("--input", choices=("payload", "headers"),
+        help="where the inputs come from (default: the model's own input mode)"),
+    arg("--port", type=PORT, help=f"payload mode: UDP port of requests (default: the model's, "
+                                  f"else {DEFAULT_PORT})"),
+    arg("--action", action="append", default=[], metavar="CLASS=ACTION",
+        help="what to do with packets of CLASS (name, index or 'all'): count (default), pass, "
+             "drop or redirect; repeatable"),
+    arg("--xdp-mode", choices=("native", "generic"), default="native",
+        help="driver XDP (default) or generic (skb) XDP"),
+])
 def cmd_attach(args):
     from xdpnn.loader import datapath
     if args.ebpf:
@@ -90,6 +202,9 @@ def cmd_attach(args):
                    f"{args.iface}{where}{peer}, {args.xdp_mode} mode")
 
 
+@command("detach", "detach from an interface (and its peer), remove the pins", """
+  sudo xdpnn detach veth0
+  sudo xdpnn -n dut detach d0""", options=[arg("iface", type=IFNAME)])
 def cmd_detach(args):
     from xdpnn.loader import datapath
     rep = datapath.detach(args.iface, args.netns)
@@ -98,6 +213,9 @@ def cmd_detach(args):
     out(args, rep, "\n".join(lines))
 
 
+@command("status", "what is attached where, with which model", """
+  sudo xdpnn status
+  sudo xdpnn status -j""")
 def cmd_status(args):
     from xdpnn.loader import datapath
     recs = datapath.status()
@@ -119,13 +237,20 @@ def cmd_status(args):
     out(args, recs, "\n".join(lines))
 
 
+@command("stats", "per-class, per-input-result and per-verdict packet counts", """
+  sudo xdpnn stats veth0          totals since attach
+  sudo xdpnn stats veth0 1        every second, with rates, until Ctrl-C
+  sudo xdpnn stats veth0 1 5 -j   five samples as JSON lines""", options=[
+    arg("iface", type=IFNAME),
+    arg("interval", nargs="?", type=SECONDS, help="seconds between samples"),
+    arg("count", nargs="?", type=int_in(1, 10**9),
+        help="number of samples (default: until Ctrl-C)"),
+])
 def cmd_stats(args):
     from xdpnn.loader import datapath
     if args.interval is None:
         s = datapath.stats(args.iface, args.netns)
         return out(args, s, format_stats(s, None))
-    if args.interval <= 0:
-        raise UsageError(f"interval {args.interval}: expected a positive number of seconds")
     prev = datapath.stats(args.iface, args.netns)
     n = 0
     while args.count is None or n < args.count:
@@ -157,6 +282,11 @@ def format_stats(s: dict, prev: dict | None) -> str:
     return "\n".join(lines)
 
 
+@command("swap", "replace the model with another of the same shape, in place", """
+  sudo xdpnn swap veth0 --model retrained.npz""", options=[
+    arg("iface", type=IFNAME),
+    arg("--model", required=True, metavar="FILE"),
+])
 def cmd_swap(args):
     from xdpnn.loader import datapath
     rec = datapath.swap(args.iface, args.netns, args.model)
@@ -164,16 +294,33 @@ def cmd_swap(args):
                    f"(sha256 {rec['model']['sha256'][:12]})")
 
 
+@command("set", "change per-class actions or the request port", """
+  sudo xdpnn set veth0 --action attack=drop --action benign=count
+  sudo xdpnn set veth0 --action all=count --port 9696""", options=[
+    arg("iface", type=IFNAME),
+    arg("--action", action="append", default=[], metavar="CLASS=ACTION",
+        help="as for attach; repeatable"),
+    arg("--port", type=PORT, help="payload mode: the new request port"),
+])
 def cmd_set(args):
     from xdpnn.loader import datapath
     if not args.action and args.port is None:
-        raise UsageError("set: nothing to change: give --action and/or --port")
+        raise UsageError("nothing to change: give --action and/or --port")
     rec = datapath.set_options(args.iface, args.netns, args.action, args.port)
     acts = ", ".join(f"{c}={a}" for c, a in rec["actions"].items())
     out(args, rec, f"{args.iface}: actions {acts}" +
         (f"; port {rec['port']}" if rec.get("port") else ""))
 
 
+@command("predict", "run packets through the compiled program (no interface) and print the "
+                    "kernel's class beside the reference's", """
+  sudo xdpnn predict --model model.npz --pcap requests.pcap
+  sudo xdpnn predict --model model.npz --hex 020000000002020000000001080045... -j""", options=[
+    arg("--model", required=True, metavar="FILE"),
+    one_of(arg("--pcap", metavar="FILE", help="packets from a pcap file"),
+           arg("--hex", nargs="+", metavar="BYTES", help="frames as hex strings")),
+    arg("--port", type=PORT, help="request port (default: the model's)"),
+])
 def cmd_predict(args):
     from xdpnn.loader import compile, datapath, testrun
     model = datapath.load_model(args.model)
@@ -184,7 +331,7 @@ def cmd_predict(args):
         if len(f) < 14:  # the kernel refuses to test-run less than an Ethernet header
             raise UsageError(f"frame {i}: {len(f)} bytes, shorter than an Ethernet header "
                              "(14 bytes)")
-    port = args.port or model.input.get("port") or 9595
+    port = args.port or model.input.get("port") or DEFAULT_PORT
     prog = compile.build(model, record_input=True)
     rows = []
     try:
@@ -225,27 +372,31 @@ def read_frames(args) -> list[bytes]:
     from xdpnn.traffic import packets
     try:
         frames = packets.read_pcap(args.pcap)
-    except (OSError, EOFError, Exception) as e:
+    except Exception as e:  # scapy raises many kinds for a file that is not a pcap
         raise UsageError(f"--pcap {args.pcap}: cannot read it as a pcap file ({e})") from None
     if not frames:
         raise UsageError(f"--pcap {args.pcap}: no packets in it")
     return frames
 
 
+@command("verify", "random inputs through the kernel and the reference; exit code 6 on any "
+                   "mismatch", """
+  sudo xdpnn verify --model model.npz --samples 10000
+  sudo xdpnn verify --shape 784-256-256-10 --samples 10000 --seed 7""", options=[
+    one_of(arg("--model", metavar="FILE"),
+           arg("--shape", type=SHAPE, help="a random model of this shape, like 784-64-32-10")),
+    arg("--input", choices=("payload", "headers"), default="payload",
+        help="input mode of a --shape model"),
+    arg("--samples", type=int_in(1, 10_000_000), default=10000,
+        help="number of inputs (10000)"),
+    arg("--seed", type=SEED, default=0),
+])
 def cmd_verify(args):
     from xdpnn.loader import datapath, testrun
-    from xdpnn.trainer.model import ModelError, random_model
-    if args.model:
-        model = datapath.load_model(args.model)
-    else:
-        try:
-            model = random_model(parse_shape(args.shape), seed=args.seed, mode=args.input)
-        except ModelError as e:
-            raise errors.ModelFileError(f"shape {args.shape}: {e}") from None
+    model = (datapath.load_model(args.model) if args.model is not None
+             else random_model_or_error(args.shape, args.seed, args.input))
     if args.ebpf:
         return print_ebpf(model)
-    if not 1 <= args.samples <= 10_000_000:
-        raise UsageError(f"--samples {args.samples}: expected 1..10000000")
 
     def progress(done, total):
         if not args.json and sys.stderr.isatty():
@@ -264,27 +415,33 @@ def cmd_verify(args):
         return errors.MismatchError.exit_code
 
 
-def parse_shape(shape: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in shape.split("-")]
-    except ValueError:
-        raise UsageError(f"shape '{shape}': expected sizes joined by '-', like 784-64-32-10") \
-            from None
-    return sizes
-
-
-def cmd_model_random(args):
+def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_PORT):
     from xdpnn.trainer.model import ModelError, random_model
     try:
-        m = random_model(parse_shape(args.shape), seed=args.seed, mode=args.input,
-                         port=args.port)
+        return random_model(shape_sizes(shape), seed=seed, mode=mode, port=port)
     except ModelError as e:
-        raise errors.ModelFileError(f"shape {args.shape}: {e}") from None
+        raise errors.ModelFileError(f"shape {shape}: {e}") from None
+
+
+@command("model random", "write a model with random weights (tests, benchmarks)", """
+  xdpnn model random 784-64-32-10 --out random.npz --seed 1
+  xdpnn model random 256-32-4 --input headers --out headers.npz""", root=False, options=[
+    arg("shape", type=SHAPE, help="layer sizes, like 784-64-32-10"),
+    arg("--out", required=True, metavar="FILE"),
+    arg("--seed", type=SEED, default=0),
+    arg("--input", choices=("payload", "headers"), default="payload"),
+    arg("--port", type=PORT, default=DEFAULT_PORT, help=f"request UDP port ({DEFAULT_PORT})"),
+])
+def cmd_model_random(args):
+    m = random_model_or_error(args.shape, args.seed, args.input, args.port)
     m.save(args.out)
     out(args, {"out": args.out, "shape": m.shape}, f"wrote {args.out}: random {m.shape} "
                                                     f"({m.mode}), seed {args.seed}")
 
 
+@command("model show", "print a model file's shape, classes and provenance", """
+  xdpnn model show model.npz
+  xdpnn model show model.npz -j""", root=False, options=[arg("file")])
 def cmd_model_show(args):
     from xdpnn.loader import datapath, layout
     m = datapath.load_model(args.file)
@@ -298,33 +455,46 @@ def cmd_model_show(args):
                                f"  provenance: {json.dumps(m.provenance)}"]))
 
 
+@command("send", "send requests with random inputs, or a pcap's frames, from an interface "
+                 "(low rate, bounded)", f"""
+  sudo xdpnn -n gen send g0 --count 23                 23 random 32-byte requests
+  sudo xdpnn -n gen send g0 --count 1000 --bytes 98 --port 9696
+  sudo xdpnn -n gen send g0 --pcap captured.pcap""", options=[
+    arg("iface", type=IFNAME),
+    arg("--count", type=int_in(1, 10**7),
+        help="frames to send (23; with --pcap, all of them)"),
+    arg("--bytes", type=int_in(0, 1472), default=32,
+        help="request payload bytes (32: 256 inputs)"),
+    arg("--port", type=PORT, default=DEFAULT_PORT, help=f"request UDP port ({DEFAULT_PORT})"),
+    arg("--seed", type=SEED, default=0, help="seed of the random inputs"),
+    arg("--pcap", metavar="FILE", help="send this file's frames instead"),
+    arg("--max-seconds", type=SECONDS, default=30.0, help="stop after this long (30)"),
+])
 def cmd_send(args):
     import numpy as np
+
+    from xdpnn.loader.netns import ifindex, netns
     from xdpnn.traffic import packets
     from xdpnn.traffic.sender import send_frames
-    if args.count is not None and args.count < 1:
-        raise UsageError(f"--count {args.count}: expected at least 1")
+    with netns(args.netns):
+        ifindex(args.iface, args.netns)
+    args.hex = None
     if args.pcap:
         frames = read_frames(args)[:args.count]
     else:
-        args.count = args.count or 23
-        if not 0 <= args.bytes <= 1472:
-            raise UsageError(f"--bytes {args.bytes}: expected 0..1472")
         rng = np.random.default_rng(args.seed)
         frames = [packets.request(rng.integers(0, 256, args.bytes, dtype=np.uint8).tobytes(),
-                                  args.port) for _ in range(args.count)]
-    from xdpnn.loader.netns import ifindex, netns
-    with netns(args.netns):
-        ifindex(args.iface, args.netns)
+                                  args.port) for _ in range(args.count or 23)]
     try:
         sent = send_frames(args.netns, args.iface, frames, max_seconds=args.max_seconds)
     except OSError as e:
-        raise errors.XdpnnError(f"send on {args.iface}: {e.strerror or e}") from None
+        raise XdpnnError(f"send on {args.iface}: {e.strerror or e}") from None
     out(args, {"iface": args.iface, "sent": sent, "requested": len(frames)},
         f"sent {sent} of {len(frames)} frames on {args.iface}")
 
 
-EPILOGS["train"] = """examples:
+@command("train", "train a binarized network on labeled data and export it to a model file, "
+                  "with a report (no root needed)", f"""
   xdpnn train --data digits --out digits.npz
   xdpnn train --data digits --hidden 256,256 --epochs 100 --seed 3 --out digits.npz
   xdpnn train --data mnist:/data/mnist --hidden 256 --out mnist.npz    (IDX files, never downloaded)
@@ -332,20 +502,35 @@ EPILOGS["train"] = """examples:
   xdpnn train --data traffic --hidden 64 --out traffic.npz             (headers mode)
   xdpnn train --data pcaps:captures/ --out apps.npz                    (one pcap per class)
 
-exit code 10: the data source cannot be read (the message names the file and the problem)"""
-
-
+exit code {errors.DataError.exit_code}: the data source cannot be read (the message names the \
+file and the problem)""", root=False, options=[
+    arg("--data", default="digits", metavar="SOURCE",
+        help="digits (default), mnist:DIR, csv:FILE, traffic or pcaps:DIR; docs/training.md"),
+    arg("--hidden", default="128", metavar="SIZES",
+        type=_typed(lambda t: [int(h, 10) for h in t.split(",")], "sizes like 256,256"),
+        help="hidden layer sizes, comma separated (128)"),
+    arg("--out", required=True, metavar="FILE", help="model file to write"),
+    arg("--epochs", type=int_in(1, 100_000), default=60, help="most epochs (60; early stopping)"),
+    arg("--patience", type=int_in(1, 100_000), default=12,
+        help="stop after this many epochs without a better validation accuracy (12)"),
+    arg("--batch-size", type=int_in(2, 1 << 20), default=64, help="mini-batch size (64)"),
+    arg("--lr", type=float_in(0, 10), default=0.01, help="Adam learning rate (0.01)"),
+    arg("--seed", type=SEED, default=0,
+        help="seed of the split, the initialization and the batch order (0)"),
+    arg("--test-fraction", type=float_in(0, 0.99), default=0.25,
+        help="share of each class held out for the test (0.25)"),
+    arg("--levels", type=int_in(1, 64),
+        help="thermometer bits per value: digits 1..4 (4), csv (4)"),
+    arg("--label-column", metavar="NAME", help="csv: the label column (the last)"),
+    arg("--port", type=PORT, default=DEFAULT_PORT,
+        help=f"payload models: UDP port of requests ({DEFAULT_PORT})"),
+])
 def cmd_train(args):
     from xdpnn.trainer import data, train
     from xdpnn.trainer.model import ModelError
-    try:
-        hidden = [int(h) for h in args.hidden.split(",")]
-    except ValueError:
-        raise UsageError(f"--hidden {args.hidden}: expected sizes like 256,256") from None
-    if args.epochs < 1 or args.batch_size < 2 or not 0 < args.test_fraction < 1:
-        raise UsageError("expected --epochs >= 1, --batch-size >= 2, 0 < --test-fraction < 1")
-    cfg = train.Config(hidden=hidden, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       patience=args.patience, seed=args.seed, test_fraction=args.test_fraction)
+    cfg = train.Config(hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, patience=args.patience, seed=args.seed,
+                       test_fraction=args.test_fraction)
     try:
         ds = data.load(args.data, levels=args.levels, label_column=args.label_column,
                        split_seed=args.seed, test_fraction=args.test_fraction)
@@ -360,20 +545,40 @@ def cmd_train(args):
         f"{train.format_report(report)}\nwrote {args.out}")
 
 
-EPILOGS["bench"] = """examples:
+@command("bench", "measure the forwarding rate with and without inference, ns per inference "
+                  "in XDP and in user space (namespaces of its own)", """
   sudo xdpnn bench                       the three default shapes, 5 trials (a few minutes)
   sudo xdpnn bench --quick               a smoke run (under a minute)
-  sudo xdpnn -j bench --shape 256-32-16-2 --model model.npz --trials 7 --out results/mine
+  sudo xdpnn bench --shape 256-32-16-2 --model model.npz --trials 7 --out results/mine -j
 
 Writes bench.json, bench.md and bench.png (with matplotlib) to --out
-(default results/bench-<time>/); docs/benchmarks.md explains every figure."""
-
-
+(default results/bench-<time>/); docs/benchmarks.md explains every figure.""", options=[
+    arg("--quick", action="store_true", help="short trials: a smoke run"),
+    arg("--shape", type=SHAPE, action="append", metavar="SHAPE",
+        help="a random model of this shape (repeatable; default 256-32-16-2, 784-64-32-10, "
+             "784-256-256-10)"),
+    arg("--model", action="append", default=[], metavar="FILE",
+        help="also measure this model file (repeatable)"),
+    arg("--trials", type=int_in(1, 100), help="trials per figure (5)"),
+    arg("--seconds", type=float_in(0.05, 60, lo_open=False),
+        help="seconds per datapath per rate trial (1, --quick 0.2)"),
+    arg("--napi", choices=("softirq", "threaded"), default="softirq",
+        help="veth NAPI in softirq (default) or in kernel threads"),
+    arg("--out", metavar="DIR", help="results directory (results/bench-<time>)"),
+])
 def cmd_bench(args):
     from xdpnn.traffic import bench
     return bench.command(args)
 
 
+@command("demo", "build namespaces, attach a model, send traffic, show counts, clean up", """
+  sudo xdpnn demo
+  sudo xdpnn demo --packets 500 --model model.npz""", options=[
+    arg("--packets", type=int_in(1, 100_000),
+        help="test samples to send (default: the model's whole test split)"),
+    arg("--model", metavar="FILE", help="a model made by `xdpnn train` in payload mode "
+                                        "(default: the digits model shipped with xdpnn)"),
+])
 def cmd_demo(args):
     from xdpnn.traffic import demo
     return demo.run(args)
@@ -386,158 +591,64 @@ def print_ebpf(model, record_input: bool = False):
     print(text)
 
 
-NEEDS_ROOT = {"attach", "detach", "status", "stats", "swap", "set", "predict", "verify", "send",
-              "demo", "bench"}
+# --- the parser, built from the table -------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    """Reports bad usage as a UsageError, so that it is one line (or JSON)
+    with exit code 2 like every other error."""
+
+    def error(self, message):
+        # "argument -n/--netns: \0NAME: expected ..." -> "--netns NAME: expected ..."
+        message = re.sub(rf"argument (?:[^\s/]+/)?(\S+?): {_BAD_VALUE}", r"\1 ", message)
+        message = re.sub(r"argument (?:[^\s/]+/)?(\S+?): ", r"\1: ", message)
+        name = self.prog.removeprefix("xdpnn").strip()
+        raise UsageError(f"{name}: {message}" if name else message)
 
 
-# --- parser -----------------------------------------------------------------
+def _global_options(p: argparse.ArgumentParser, default) -> None:
+    """-j and -n, accepted before and after the command.  After it, they
+    default to SUPPRESS, so that they never undo what was given before."""
+    p.add_argument("-j", "--json", action="store_true", default=default(False),
+                   help="print JSON (errors too)")
+    p.add_argument("-n", "--netns", metavar="NAME", type=NETNS, default=default(None),
+                   help="work on interfaces in network namespace NAME (like `ip -n`)")
+    p.add_argument("--ebpf", action="store_true", default=default(False),
+                   help=argparse.SUPPRESS)
+
+
+def _exit_codes() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}"
+                                       for code, meaning in errors.exit_code_list())
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="xdpnn", description="Binarized neural network inference in XDP, per packet, "
-                                  "beside a forwarding path.",
-        epilog="Run `xdpnn COMMAND --help` for each command's options and examples.\n\n"
-               "exit codes: 0 ok, 1 other error, 2 bad usage, 3 bad model file, "
-               "4 BPF failure (compile, verifier, system call),\n  5 attach failure (interface, namespace, "
-               "XDP), 6 kernel and reference disagree, 7 not attached\n  or already attached, "
-               "8 missing kernel feature or tool, 9 needs root, 10 bad training data,\n  "
-               "130 interrupted",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-j", "--json", action="store_true", help="print JSON (errors too)")
-    p.add_argument("-n", "--netns", metavar="NAME",
-                   help="work on interfaces in network namespace NAME (like `ip -n`)")
-    p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def cmd(name, func, help_):
-        c = sub.add_parser(name, help=help_, description=help_, epilog=EPILOGS.get(name),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        c.set_defaults(func=func)
-        return c
-
-    c = cmd("attach", cmd_attach, "compile a model for an interface and attach it")
-    c.add_argument("iface", help="interface to attach to")
-    c.add_argument("--model", required=True, metavar="FILE", help="model file (.npz)")
-    c.add_argument("--peer", metavar="IFACE2",
-                   help="forward between IFACE and IFACE2 through a DEVMAP (bump in the wire); "
-                        "without it, packets go to the local stack")
-    c.add_argument("--input", choices=("payload", "headers"),
-                   help="where the inputs come from (default: the model's own input mode)")
-    c.add_argument("--port", type=int, help="payload mode: UDP port of requests "
-                                            "(default: the model's, else 9595)")
-    c.add_argument("--action", action="append", default=[], metavar="CLASS=ACTION",
-                   help="what to do with packets of CLASS (name, index or 'all'): count "
-                        "(default), pass, drop or redirect; repeatable")
-    c.add_argument("--xdp-mode", choices=("native", "generic"), default="native",
-                   help="driver XDP (default) or generic (skb) XDP")
-
-    c = cmd("detach", cmd_detach, "detach from an interface (and its peer), remove the pins")
-    c.add_argument("iface")
-
-    cmd("status", cmd_status, "what is attached where, with which model")
-
-    c = cmd("stats", cmd_stats, "per-class, per-input-result and per-verdict packet counts")
-    c.add_argument("iface")
-    c.add_argument("interval", nargs="?", type=float, help="seconds between samples")
-    c.add_argument("count", nargs="?", type=int, help="number of samples (default: until Ctrl-C)")
-
-    c = cmd("swap", cmd_swap, "replace the model with another of the same shape, in place")
-    c.add_argument("iface")
-    c.add_argument("--model", required=True, metavar="FILE")
-
-    c = cmd("set", cmd_set, "change per-class actions or the request port")
-    c.add_argument("iface")
-    c.add_argument("--action", action="append", default=[], metavar="CLASS=ACTION")
-    c.add_argument("--port", type=int)
-
-    c = cmd("predict", cmd_predict, "run packets through the compiled program (no interface) "
-                                    "and print the kernel's class beside the reference's")
-    c.add_argument("--model", required=True, metavar="FILE")
-    src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pcap", metavar="FILE", help="packets from a pcap file")
-    src.add_argument("--hex", nargs="+", metavar="BYTES", help="frames as hex strings")
-    c.add_argument("--port", type=int, help="request port (default: the model's)")
-
-    c = cmd("verify", cmd_verify, "random inputs through the kernel and the reference; "
-                                  "exit code 6 on any mismatch")
-    src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="FILE")
-    src.add_argument("--shape", metavar="SHAPE", help="a random model of this shape, "
-                                                      "like 784-64-32-10")
-    c.add_argument("--input", choices=("payload", "headers"), default="payload",
-                   help="input mode of a --shape model")
-    c.add_argument("--samples", type=int, default=10000, help="number of inputs (10000)")
-    c.add_argument("--seed", type=int, default=0)
-
-    c = cmd("model", None, "make or inspect model files")
-    msub = c.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    r = msub.add_parser("random", help="write a model with random weights (tests, benchmarks)")
-    r.set_defaults(func=cmd_model_random)
-    r.add_argument("shape", help="layer sizes, like 784-64-32-10")
-    r.add_argument("--out", required=True, metavar="FILE")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--input", choices=("payload", "headers"), default="payload")
-    r.add_argument("--port", type=int, default=9595)
-    s = msub.add_parser("show", help="print a model file's shape, classes and provenance")
-    s.set_defaults(func=cmd_model_show)
-    s.add_argument("file")
-
-    c = cmd("send", cmd_send, "send requests with random inputs, or a pcap's frames, from an "
-                              "interface (low rate, bounded)")
-    c.add_argument("iface")
-    c.add_argument("--count", type=int, help="frames to send (23; with --pcap, all of them)")
-    c.add_argument("--bytes", type=int, default=32, help="request payload bytes (32: 256 inputs)")
-    c.add_argument("--port", type=int, default=9595, help="request UDP port (9595)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    c.add_argument("--pcap", metavar="FILE", help="send this file's frames instead")
-    c.add_argument("--max-seconds", type=float, default=30.0, help="stop after this long (30)")
-    c.set_defaults(hex=None)
-
-    c = cmd("train", cmd_train, "train a binarized network on labeled data and export it to a "
-                                "model file, with a report (no root needed)")
-    c.add_argument("--data", default="digits", metavar="SOURCE",
-                   help="digits (default), mnist:DIR, csv:FILE, traffic or pcaps:DIR; "
-                        "docs/training.md")
-    c.add_argument("--hidden", default="128", metavar="SIZES",
-                   help="hidden layer sizes, comma separated (128)")
-    c.add_argument("--out", required=True, metavar="FILE", help="model file to write")
-    c.add_argument("--epochs", type=int, default=60, help="most epochs (60; early stopping)")
-    c.add_argument("--patience", type=int, default=12,
-                   help="stop after this many epochs without a better validation accuracy (12)")
-    c.add_argument("--batch-size", type=int, default=64, help="mini-batch size (64)")
-    c.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (0.01)")
-    c.add_argument("--seed", type=int, default=0,
-                   help="seed of the split, the initialization and the batch order (0)")
-    c.add_argument("--test-fraction", type=float, default=0.25,
-                   help="share of each class held out for the test (0.25)")
-    c.add_argument("--levels", type=int,
-                   help="thermometer bits per value: digits 1..4 (4), csv (4)")
-    c.add_argument("--label-column", metavar="NAME", help="csv: the label column (the last)")
-    c.add_argument("--port", type=int, default=9595,
-                   help="payload models: UDP port of requests (9595)")
-
-    c = cmd("bench", cmd_bench, "measure the forwarding rate with and without inference, "
-                                "ns per inference in XDP and in user space (namespaces of "
-                                "its own)")
-    c.add_argument("--quick", action="store_true", help="short trials: a smoke run")
-    c.add_argument("--shape", action="append", metavar="SHAPE",
-                   help="a random model of this shape (repeatable; default 256-32-16-2, "
-                        "784-64-32-10, 784-256-256-10)")
-    c.add_argument("--model", action="append", default=[], metavar="FILE",
-                   help="also measure this model file (repeatable)")
-    c.add_argument("--trials", type=int, help="trials per figure (5)")
-    c.add_argument("--seconds", type=float, help="seconds per datapath per rate trial "
-                                                 "(1, --quick 0.2)")
-    c.add_argument("--napi", choices=("softirq", "threaded"), default="softirq",
-                   help="veth NAPI in softirq (default) or in kernel threads")
-    c.add_argument("--out", metavar="DIR", help="results directory (results/bench-<time>)")
-
-    c = cmd("demo", cmd_demo, "build namespaces, attach a model, send traffic, show counts, "
-                              "clean up")
-    c.add_argument("--packets", type=int,
-                   help="test samples to send (default: the model's whole test split)")
-    c.add_argument("--model", metavar="FILE", help="a model made by `xdpnn train` in payload "
-                                                   "mode (default: models/digits-default.npz)")
+    p = Parser(prog="xdpnn",
+               description="Binarized neural network inference in XDP, per packet, beside a "
+                           "forwarding path.",
+               epilog="Run `xdpnn COMMAND --help` for each command's options and examples.\n\n"
+                      + _exit_codes(),
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(p, lambda value: value)
+    subs = {"": p.add_subparsers(dest="command", required=True, metavar="COMMAND")}
+    for name, c in COMMANDS.items():
+        group, _, leaf = name.rpartition(" ")
+        if group not in subs:  # "model show": a "model" command with actions
+            g = subs[""].add_parser(group, help=f"{group} files: "
+                                    + ", ".join(n.split()[1] for n in COMMANDS
+                                                if n.startswith(group + " ")))
+            subs[group] = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+        sp = subs[group].add_parser(
+            leaf, help=c.help, description=c.help, epilog="examples:" + c.examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(func=c.func, command_name=name)
+        _global_options(sp, lambda value: argparse.SUPPRESS)
+        for option in c.options:
+            if option[0] == "group":
+                g = sp.add_mutually_exclusive_group(required=option[1])
+                for flags, kw in option[2]:
+                    g.add_argument(*flags, **kw)
+            else:
+                sp.add_argument(*option[0], **option[1])
     return p
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from xdpnn.loader import bpf_sys, compile, maps
 from xdpnn.loader.errors import AttachError, MissingFeatureError, StateError, UsageError, XdpnnError
-from xdpnn.loader.netns import ifindex, netns
+from xdpnn.loader.netns import check_ifname, check_netns_name, ifindex, netns
 from xdpnn.trainer import model as model_file
 
 BPFFS = "/sys/fs/bpf"
@@ -27,7 +27,10 @@ PINNED_MAPS = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
 
 
 def pin_dir(iface: str, ns: str | None) -> str:
-    return f"{PIN_ROOT}/{iface}@{ns}" if ns else f"{PIN_ROOT}/{iface}"
+    """The pin folder of iface in ns: always one level below PIN_ROOT, because
+    both names are checked to be names, never paths."""
+    check_ifname(iface)
+    return f"{PIN_ROOT}/{iface}@{check_netns_name(ns)}" if ns else f"{PIN_ROOT}/{iface}"
 
 
 def ensure_bpffs() -> None:

@@ -12,12 +12,35 @@ import os
 import socket
 from contextlib import contextmanager
 
-from xdpnn.loader.errors import AttachError
+from xdpnn.loader.errors import AttachError, UsageError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+IFNAMSIZ = 16
+NAME_MAX = 255
+
+
+def check_ifname(name: str) -> str:
+    """An interface name as the kernel accepts it (dev_valid_name), minus '@',
+    which xdpnn's pin folders use as a separator.  Never a path."""
+    if not (0 < len(name.encode()) < IFNAMSIZ and name not in (".", "..")
+            and not any(c in "/:@" or c.isspace() or not c.isprintable() for c in name)):
+        raise UsageError(f"interface name {name!r}: expected 1..{IFNAMSIZ - 1} bytes, not '.' or "
+                         "'..', without '/', ':', '@' or whitespace")
+    return name
+
+
+def check_netns_name(name: str) -> str:
+    """A network namespace name as `ip netns` accepts it: a file name in /run/netns."""
+    if not (0 < len(name.encode()) <= NAME_MAX and name not in (".", "..")
+            and "/" not in name and "\0" not in name and name.isprintable()):
+        raise UsageError(f"network namespace name {name!r}: expected a name as `ip netns` "
+                         "takes it (not '.' or '..', without '/')")
+    return name
 
 
 def _setns(fd: int, what: str) -> None:
@@ -32,7 +55,7 @@ def netns(name: str | None):
     if not name:
         yield
         return
-    path = os.path.join(NETNS_RUN_DIR, name)
+    path = os.path.join(NETNS_RUN_DIR, check_netns_name(name))
     try:
         target = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

@@ -101,7 +101,7 @@ def test_invalid_model_field_exits_3(tmp_path, model_file):
     ("100-0-3", 3, ["shape 100-0-3", "field 'layers[1] (hidden)'"]),
     ("2000-7-3", 3, ["shape 2000-7-3", "field 'layers[0] (inputs)'"]),
     ("100", 3, ["shape 100", "field 'layers'"]),
-    ("100-x-3", 2, ["shape '100-x-3'"]),
+    ("100-x-3", 2, ["shape 100-x-3: expected sizes joined by '-'"]),
 ])
 def test_model_random_bad_shape(tmp_path, shape, code, names):
     assert_error(xdpnn("model", "random", shape, "--out", tmp_path / "x.npz"), code, *names)
@@ -145,7 +145,7 @@ def test_verify_json(model_file):
     (["--shape", "2000-7-3"], 3, ["verify", "shape 2000-7-3", "layers[0] (inputs)"]),
     (["--shape", "300-7-3", "--input", "headers"], 3, ["verify", "1..256 in headers mode"]),
     (["--shape", "100-7-3", "--samples", "0"], 2, ["verify", "--samples 0"]),
-    (["--shape", "100-7-x"], 2, ["verify", "shape '100-7-x'"]),
+    (["--shape", "100-7-x"], 2, ["verify", "shape 100-7-x: expected sizes joined by '-'"]),
     (["--model", "/nonexistent/xh1.npz"], 3, ["verify", "load model", "/nonexistent/xh1.npz"]),
 ])
 def test_verify_bad_arguments(args, code, names):

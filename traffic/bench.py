@@ -265,12 +265,8 @@ def command(args) -> None:
     s.model_files = args.model
     s.napi = args.napi
     if args.trials is not None:
-        if not 1 <= args.trials <= 100:
-            raise UsageError(f"--trials {args.trials}: expected 1..100")
         s.trials = args.trials
     if args.seconds is not None:
-        if not 0.05 <= args.seconds <= 60:
-            raise UsageError(f"--seconds {args.seconds}: expected 0.05..60")
         s.trial_seconds = args.seconds
     out_dir = Path(args.out or time.strftime("results/bench-%Y%m%d-%H%M%S"))
     result = run(s)

@@ -36,6 +36,30 @@ class ModelError(ValueError):
     """A model file or model that does not follow the format."""
 
 
+def check_layout(sizes: list[int], input_: dict) -> None:
+    """The layer sizes and the input section, before any array is made."""
+    _check(isinstance(sizes, list) and all(isinstance(s, int) and not isinstance(s, bool)
+                                           for s in sizes),
+           "layers", "a list of integers", sizes)
+    _check(3 <= len(sizes) <= MAX_HIDDEN_LAYERS + 2, "layers",
+           f"inputs, 1 to {MAX_HIDDEN_LAYERS} hidden layers, classes", sizes)
+    _check(isinstance(input_, dict) and input_.get("mode") in INPUT_MODES,
+           "input.mode", " or ".join(INPUT_MODES), input_)
+    mode = input_["mode"]
+    max_in = MAX_HEADER_BITS if mode == "headers" else MAX_INPUT_BITS
+    _check(1 <= sizes[0] <= max_in, "layers[0] (inputs)",
+           f"1..{max_in} in {mode} mode", sizes[0])
+    for l, s in enumerate(sizes[1:-1], 1):
+        _check(1 <= s <= MAX_HIDDEN_UNITS, f"layers[{l}] (hidden)",
+               f"1..{MAX_HIDDEN_UNITS}", s)
+    _check(2 <= sizes[-1] <= MAX_CLASSES, f"layers[{len(sizes) - 1}] (classes)",
+           f"2..{MAX_CLASSES}", sizes[-1])
+    if mode == "payload":
+        port = input_.get("port", DEFAULT_PORT)
+        _check(isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535,
+               "input.port", "1..65535", port)
+
+
 @dataclass
 class Model:
     """A binarized MLP: ``sizes`` = [inputs, hidden..., classes].
@@ -70,24 +94,7 @@ class Model:
     def validate(self) -> "Model":
         """Checks every field; raises ModelError naming the field."""
         sizes = self.sizes
-        _check(isinstance(sizes, list) and all(isinstance(s, int) and not isinstance(s, bool)
-                                               for s in sizes),
-               "layers", "a list of integers", sizes)
-        _check(3 <= len(sizes) <= MAX_HIDDEN_LAYERS + 2, "layers",
-               f"inputs, 1 to {MAX_HIDDEN_LAYERS} hidden layers, classes", sizes)
-        _check(isinstance(self.input, dict) and self.input.get("mode") in INPUT_MODES,
-               "input.mode", " or ".join(INPUT_MODES), self.input)
-        max_in = MAX_HEADER_BITS if self.mode == "headers" else MAX_INPUT_BITS
-        _check(1 <= sizes[0] <= max_in, "layers[0] (inputs)",
-               f"1..{max_in} in {self.mode} mode", sizes[0])
-        for l, s in enumerate(sizes[1:-1], 1):
-            _check(1 <= s <= MAX_HIDDEN_UNITS, f"layers[{l}] (hidden)",
-                   f"1..{MAX_HIDDEN_UNITS}", s)
-        _check(2 <= sizes[-1] <= MAX_CLASSES, f"layers[{len(sizes) - 1}] (classes)",
-               f"2..{MAX_CLASSES}", sizes[-1])
-        if self.mode == "payload":
-            port = self.input.get("port", DEFAULT_PORT)
-            _check(isinstance(port, int) and 1 <= port <= 65535, "input.port", "1..65535", port)
+        check_layout(sizes, self.input)
 
         _check(len(self.weights) == len(sizes) - 1, "weights", f"{len(sizes) - 1} layers",
                len(self.weights))
@@ -209,6 +216,8 @@ def random_model(sizes: list[int], seed: int = 0, mode: str = "payload",
     (the ±1 dot product of n random bits has spread sqrt(n)); the output
     layer mixes plain scores with scaled and biased ones so ties happen too.
     """
+    input_ = {"mode": mode, "port": port} if mode == "payload" else {"mode": mode}
+    check_layout(sizes, input_)
     rng = np.random.default_rng(seed)
     weights = [rng.integers(0, 2, (o, i), dtype=np.uint8) for i, o in zip(sizes, sizes[1:])]
     thresholds = [rng.integers(-int(np.sqrt(n)) - 1, int(np.sqrt(n)) + 2, o).astype(np.int64)
@@ -216,7 +225,6 @@ def random_model(sizes: list[int], seed: int = 0, mode: str = "payload",
     n_classes = sizes[-1]
     out_scale = rng.choice([1, 1, 2, 3, -1], n_classes).astype(np.int64)
     out_bias = rng.integers(-4, 5, n_classes).astype(np.int64) * rng.integers(0, 2, n_classes)
-    input_ = {"mode": mode, "port": port} if mode == "payload" else {"mode": mode}
     return Model(sizes=list(sizes), weights=weights, thresholds=thresholds,
                  out_scale=out_scale, out_bias=out_bias, input=input_,
                  provenance={"source": "random", "seed": seed}).validate()
