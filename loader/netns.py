@@ -4,6 +4,16 @@ Interface names, ifindexes, DEVMAP entries and XDP attach all resolve in the
 caller's network namespace, so the loader enters the target namespace on the
 calling thread instead of re-executing itself under `ip netns exec` (which
 would also hide the host's bpffs, where the pins live).
+
+pyroute2 has namespace switching of its own, but not for one thread: NetNS
+runs its netlink socket in a forked helper process, so nothing of this process
+(ifindex lookups, DEVMAP updates, BPF_PROG_RUN) moves; pushns/popns save
+/proc/self/ns/net, the main thread's namespace, on one stack for the whole
+process (and 0.9 forks to open the target).  With other threads running (the
+bench's generator and receivers), a thread would come back to another
+thread's namespace, and forking a threaded process is unsafe.  setns(2) on the calling thread, undone
+from its own /proc/thread-self, touches no other thread.  A netlink socket
+(pyroute2's IPRoute) opened inside `netns()` stays in that namespace.
 """
 from __future__ import annotations
 
@@ -12,12 +22,29 @@ import os
 import socket
 from contextlib import contextmanager
 
-from xdpnn.loader.errors import AttachError
+from xdpnn.loader.errors import AttachError, UsageError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def check_netns_name(name: str) -> str:
+    """A network namespace name is a file name in /run/netns."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise UsageError(f"network namespace name {name!r}: expected a file name "
+                         "(not empty, '.' or '..', no '/' or NUL)")
+    return name
+
+
+def check_ifname(name: str) -> str:
+    """What the kernel accepts as an interface name (and a sysfs path part)."""
+    if (not 1 <= len(name.encode()) <= 15 or name in (".", "..")
+            or any(c in "/\0" or c.isspace() for c in name)):
+        raise UsageError(f"interface name {name!r}: expected 1..15 bytes, no '/' or "
+                         "whitespace, not '.' or '..'")
+    return name
 
 
 def _setns(fd: int, what: str) -> None:
@@ -32,7 +59,7 @@ def netns(name: str | None):
     if not name:
         yield
         return
-    path = os.path.join(NETNS_RUN_DIR, name)
+    path = os.path.join(NETNS_RUN_DIR, check_netns_name(name))
     try:
         target = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
