@@ -1,11 +1,24 @@
 """Links, namespaces and sysfs through netlink and system calls, no `ip`:
-names checked before they become paths."""
+the test topology.  `ip` appears
+here only to check the results independently."""
 from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
 
 import pytest
 
 from xdpnn.loader.errors import UsageError
 from xdpnn.loader.netns import check_ifname, check_netns_name, netns
+
+root = pytest.mark.root
+_ids = itertools.count()
+
+
+def prefix():
+    return f"xnl{os.getpid() % 10000}-{next(_ids)}"
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a b", "tab\t", "x" * 16, "é" * 8])
@@ -28,4 +41,42 @@ def test_netns_refuses_a_path_as_a_name():
 def test_good_names_pass():
     assert check_ifname("veth-a.1") == "veth-a.1" and check_ifname("x" * 15)
     assert check_netns_name("xdpnn-demo-1-dut") == "xdpnn-demo-1-dut"
+
+
+def ip(*args):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+
+
+@root
+def test_topology_runs_no_ip_command(monkeypatch):
+    from xdpnn.traffic import packets
+    from xdpnn.traffic.topology import Topology
+    run = subprocess.Popen.__init__
+
+    def no_ip(self, argv, *args, **kwargs):  # (pyroute2 may run ldconfig to find libc)
+        assert os.path.basename(argv[0]) != "ip", argv
+        run(self, argv, *args, **kwargs)
+
+    t = Topology(prefix())
+    with monkeypatch.context() as m:
+        m.setattr(subprocess.Popen, "__init__", no_ip)
+        t.__enter__()
+    try:
+        names = [t.gen, t.dut, t.sink]
+        assert set(names) <= set(ip("netns", "list").split())
+        links = {(ns, link["ifname"]): link for ns in names
+                 for link in json.loads(ip("-j", "-n", ns, "link", "show"))}
+        ends = [(t.gen, "g0"), (t.dut, "d0"), (t.dut, "d1"), (t.sink, "s0")]
+        assert sorted(links) == sorted(ends + [(ns, "lo") for ns in names])
+        assert all("UP" in links[end]["flags"] for end in ends)
+        assert links[(t.gen, "g0")]["address"] == packets.SRC_MAC
+        assert links[(t.sink, "s0")]["address"] == packets.DST_MAC
+        for ns in names:
+            assert ip("netns", "exec", ns, "sysctl", "-n", "net.ipv6.conf.all.disable_ipv6",
+                      "net.ipv6.conf.default.disable_ipv6").split() == ["1", "1"]
+    finally:
+        with monkeypatch.context() as m:
+            m.setattr(subprocess.Popen, "__init__", no_ip)
+            t.__exit__(None, None, None)
+    assert not set(names) & set(ip("netns", "list").split())
 
