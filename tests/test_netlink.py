@@ -1,6 +1,6 @@
 """Links, namespaces and sysfs through netlink and system calls, no `ip`:
-the test topology.  `ip` appears
-here only to check the results independently."""
+the loader's veth check and the test topology.  `ip` appears here only to
+check the results independently."""
 from __future__ import annotations
 
 import itertools
@@ -10,8 +10,10 @@ import subprocess
 
 import pytest
 
+from cli import xdpnn
 from xdpnn.loader.errors import UsageError
 from xdpnn.loader.netns import check_ifname, check_netns_name, netns
+from xdpnn.trainer.model import random_model
 
 root = pytest.mark.root
 _ids = itertools.count()
@@ -45,6 +47,34 @@ def test_good_names_pass():
 
 def ip(*args):
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def veth_pair(netns_name):
+    """xv0 <-> xv1, both ends in the test's namespace."""
+    from pyroute2 import IPRoute
+    with netns(netns_name), IPRoute() as ipr:
+        ipr.link("add", ifname="xv0", kind="veth", peer="xv1")
+    return netns_name
+
+
+@root
+def test_link_of_finds_the_other_end_only_in_the_same_namespace(veth_pair):
+    from xdpnn.loader.datapath import link_of
+    from xdpnn.traffic.topology import Topology
+    with netns(veth_pair):
+        assert (link_of("xv0"), link_of("xv1"), link_of("lo"), link_of("nosuch0")) == \
+            ("xv1", "xv0", None, None)
+    with Topology(prefix()) as t, netns(t.dut):
+        assert link_of("d0") is None  # its other end, g0, is in another namespace
+
+
+@root
+def test_attach_refuses_the_two_ends_of_one_veth_pair(veth_pair, tmp_path):
+    path = tmp_path / "m.npz"
+    random_model([100, 7, 3], seed=4).save(path)
+    r = xdpnn("-n", veth_pair, "attach", "xv0", "--peer", "xv1", "--model", path)
+    assert r.returncode == 2 and "two ends of one veth pair" in r.stderr, r.stderr
 
 
 @root
