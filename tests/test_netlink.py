@@ -1,6 +1,6 @@
 """Links, namespaces and sysfs through netlink and system calls, no `ip`:
-the loader's veth check and the test topology.  `ip` appears here only to
-check the results independently."""
+the loader's veth check, the test topology and threaded NAPI.  `ip` appears
+here only to check the results independently."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +12,7 @@ import pytest
 
 from cli import xdpnn
 from xdpnn.loader.errors import UsageError
-from xdpnn.loader.netns import check_ifname, check_netns_name, netns
+from xdpnn.loader.netns import check_ifname, check_netns_name, netns, write_sysfs_net
 from xdpnn.trainer.model import random_model
 
 root = pytest.mark.root
@@ -110,3 +110,23 @@ def test_topology_runs_no_ip_command(monkeypatch):
             t.__exit__(None, None, None)
     assert not set(names) & set(ip("netns", "list").split())
 
+
+@root
+def test_threaded_napi_is_set_in_each_namespace():
+    from xdpnn.traffic.bench import set_threaded_napi
+    from xdpnn.traffic.sink import Sink
+    from xdpnn.traffic.topology import Topology
+    ends = ["g0", "d0", "d1", "s0"]
+    with Topology(prefix()) as t:
+        spots = [t.gen, t.dut, t.dut, t.sink]
+        sinks = [Sink(ns, dev) for ns, dev in zip(spots, ends)]  # threaded NAPI needs XDP on
+        try:
+            set_threaded_napi(t)
+            got = [ip("netns", "exec", ns, "cat", f"/sys/class/net/{dev}/threaded").strip()
+                   for ns, dev in zip(spots, ends)]
+        finally:
+            for s in sinks:
+                s.close()
+    assert got == ["1"] * 4
+    with pytest.raises(UsageError):
+        write_sysfs_net("../x", "threaded", "1")
