@@ -155,12 +155,18 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
 
 def link_of(ifname: str) -> str | None:
     """The interface ifname is linked to (a veth's other end), if in this netns."""
-    r = subprocess.run(["ip", "-j", "link", "show", "dev", ifname], capture_output=True,
-                       text=True)  # runs in the calling thread's network namespace
-    try:
-        return json.loads(r.stdout)[0].get("link")
-    except (ValueError, IndexError):
-        return None
+    from pyroute2 import IPRoute, NetlinkError  # here: only --peer needs it (100 ms)
+    with IPRoute() as ipr:  # opened on this thread: in its network namespace
+        try:
+            (link,) = ipr.link("get", ifname=ifname)
+            # IFLA_LINK_NETNSID: the other end is in another namespace, and
+            # IFLA_LINK is its ifindex there.
+            if link.get_attr("IFLA_LINK_NETNSID") is not None or not link.get_attr("IFLA_LINK"):
+                return None
+            (peer,) = ipr.link("get", index=link.get_attr("IFLA_LINK"))
+        except NetlinkError:
+            return None
+        return peer.get_attr("IFLA_IFNAME")
 
 
 def _detach_in(ns, idx, prog_fd, xdp_mode, name):

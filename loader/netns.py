@@ -4,6 +4,16 @@ Interface names, ifindexes, DEVMAP entries and XDP attach all resolve in the
 caller's network namespace, so the loader enters the target namespace on the
 calling thread instead of re-executing itself under `ip netns exec` (which
 would also hide the host's bpffs, where the pins live).
+
+pyroute2 has namespace switching of its own, but not for one thread: NetNS
+runs its netlink socket in a forked helper process, so nothing of this process
+(ifindex lookups, DEVMAP updates, BPF_PROG_RUN) moves; pushns/popns save
+/proc/self/ns/net, the main thread's namespace, on one stack for the whole
+process (and 0.9 forks to open the target).  With other threads running (the
+bench's generator and receivers), a thread would come back to another
+thread's namespace, and forking a threaded process is unsafe.  setns(2) on the calling thread, undone
+from its own /proc/thread-self, touches no other thread.  A netlink socket
+(pyroute2's IPRoute) opened inside `netns()` stays in that namespace.
 """
 from __future__ import annotations
 
@@ -16,6 +26,11 @@ from xdpnn.loader.errors import AttachError, UsageError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
+# The new mount API by number (the same on every architecture): glibc before
+# 2.36 has no wrappers for it.
+SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 430, 431, 432
+FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
+FSCONFIG_CMD_CREATE = 6
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -79,3 +94,33 @@ def ifindex(ifname: str, ns: str | None) -> int:
     except OSError:
         where = f" in network namespace {ns}" if ns else ""
         raise AttachError(f"interface {ifname} not found{where}") from None
+
+
+def write_sysfs_net(ifname: str, attr: str, value: str) -> None:
+    """Writes /sys/class/net/<ifname>/<attr> of the calling thread's namespace.
+
+    sysfs shows the devices of the namespace it was mounted from, so this
+    opens a sysfs instance here (fsopen/fsmount, Linux 5.2) that is never
+    attached anywhere: no mount namespace, no fork, nothing to unmount, and
+    it is gone when its file descriptor is closed.
+    """
+    path = f"class/net/{check_ifname(ifname)}/{attr}"
+    fs = _libc.syscall(SYS_FSOPEN, b"sysfs", FSOPEN_CLOEXEC)
+    mnt = -1
+    try:
+        if fs < 0 or _libc.syscall(SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0) != 0:
+            raise AttachError(f"open sysfs for {ifname}: {os.strerror(ctypes.get_errno())}")
+        mnt = _libc.syscall(SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC, 0)
+        if mnt < 0:
+            raise AttachError(f"open sysfs for {ifname}: {os.strerror(ctypes.get_errno())}")
+        fd = os.open(path, os.O_WRONLY, dir_fd=mnt)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise AttachError(f"write {value} to /sys/{path}: {e.strerror}") from None
+    finally:
+        for fd in (mnt, fs):
+            if fd >= 0:
+                os.close(fd)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # xdpnn set-up: installs what is missing and nothing else; running it twice
 # changes nothing.  Needs root (apt, kernel headers link, /usr/local/bin).
-#   Debian packages: BCC for Debian's python3, libbpf, iproute2, venv, vagrant
+#   Debian packages: BCC for Debian's python3, libbpf, pyroute2 (netlink and
+#     namespaces), iproute2 (the tests check state with it), venv, vagrant
 #     (the suite validates vagrant/Vagrantfile)
 #   kernel headers for BCC: linux-headers-$(uname -r), or a documented fallback
 #   .venv: a venv over Debian's python3 (it sees bcc), with xdpnn installed
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 say() { echo "setup: $*"; }
-PKGS="python3-bpfcc libbpf1 iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant"
+PKGS="python3-bpfcc libbpf1 python3-pyroute2 iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant"
 if [ "${1:-}" = --packages ]; then
 	echo "$PKGS"
 	exit 0

@@ -8,7 +8,6 @@ not set up: a missing tool or kernel feature is a failure.
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 
 import pytest
@@ -43,9 +42,11 @@ def build():
 @pytest.fixture
 def netns_name():
     """A fresh, empty network namespace (prefix xh1-), deleted at teardown."""
+    import pyroute2.netns
+
     name = f"xh1-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    pyroute2.netns.create(name)
     try:
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        pyroute2.netns.remove(name)

@@ -25,6 +25,7 @@ import numpy as np
 
 from xdpnn.loader import bpf_sys, datapath, layout
 from xdpnn.loader.errors import UsageError
+from xdpnn.loader.netns import netns, write_sysfs_net
 from xdpnn.trainer import reference
 from xdpnn.trainer.model import Model, ModelError, random_model
 from xdpnn.traffic import baseline, forwarder, livegen, packets
@@ -105,10 +106,9 @@ def environment(s: Settings, packet_bytes: int) -> dict:
 def set_threaded_napi(t: Topology) -> None:
     """Moves every port's NAPI into a kernel thread, so the host under test
     can run on the other CPU than the generator (possible once XDP is on)."""
-    from xdpnn.traffic.topology import ip
     for ns, dev in ((t.gen, "g0"), (t.dut, "d0"), (t.dut, "d1"), (t.sink, "s0")):
-        # sysfs shows a namespace's devices only when mounted inside it.
-        ip("netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded")
+        with netns(ns):
+            write_sysfs_net(dev, "threaded", "1")
 
 
 def rate_trial(v: Variant, gen: livegen.LiveGen, t: Topology, seconds: float) -> tuple:

@@ -11,16 +11,14 @@ the test sent, and counters can be checked exactly.
 from __future__ import annotations
 
 import os
-import subprocess
+import signal
+from pathlib import Path
 
+import pyroute2.netns
+from pyroute2 import IPRoute
+
+from xdpnn.loader.netns import netns
 from xdpnn.traffic import packets
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
-    return r
 
 
 class Topology:
@@ -44,18 +42,32 @@ class Topology:
 
     def create(self) -> None:
         for ns in (self.gen, self.dut, self.sink):
-            ip("netns", "add", ns)
-            self.created.append(ns)
-            ip("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-               "net.ipv6.conf.default.disable_ipv6=1")
-        ip("link", "add", "g0", "netns", self.gen, "address", packets.SRC_MAC, "type", "veth",
-           "peer", "name", "d0", "netns", self.dut)
-        ip("link", "add", "d1", "netns", self.dut, "type", "veth",
-           "peer", "name", "s0", "netns", self.sink, "address", packets.DST_MAC)
-        for ns, dev in ((self.gen, "g0"), (self.dut, "d0"), (self.dut, "d1"), (self.sink, "s0")):
-            ip("-n", ns, "link", "set", dev, "up")
+            # pyroute2 makes the namespace in a forked child: Ctrl-C waits
+            # until it exists and is listed for deletion (and never reaches
+            # the child, which would carry on as a copy of this process).
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                pyroute2.netns.create(ns)
+                self.created.append(ns)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            with netns(ns):  # /proc/sys/net is that of the thread that opens it
+                for conf in ("all", "default"):
+                    Path(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6").write_text("1")
+        with IPRoute() as ipr:  # each end is made directly in its namespace
+            ipr.link("add", ifname="g0", net_ns_fd=self.gen, address=packets.SRC_MAC,
+                     kind="veth", peer={"ifname": "d0", "net_ns_fd": self.dut})
+            ipr.link("add", ifname="d1", net_ns_fd=self.dut, kind="veth",
+                     peer={"ifname": "s0", "net_ns_fd": self.sink, "address": packets.DST_MAC})
+        for ns, devs in ((self.gen, ["g0"]), (self.dut, ["d0", "d1"]), (self.sink, ["s0"])):
+            with netns(ns), IPRoute() as ipr:
+                for dev in devs:
+                    ipr.link("set", index=ipr.link_lookup(ifname=dev)[0], state="up")
 
     def destroy(self) -> None:
         """Deleting a namespace deletes its veth ends and their XDP programs."""
         while self.created:
-            ip("netns", "del", self.created.pop(), check=False)
+            try:
+                pyroute2.netns.remove(self.created.pop())
+            except OSError:
+                pass  # already gone

@@ -8,7 +8,7 @@
 set -euo pipefail
 OUT=${1:?usage: build-image.sh OUTDIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
-PACKAGES="linux-image-amd64,linux-headers-amd64,python3-bpfcc,libbpf1,python3-pytest,python3-numpy,python3-scapy,iproute2,kmod,procps,udev"
+PACKAGES="linux-image-amd64,linux-headers-amd64,python3-bpfcc,libbpf1,python3-pyroute2,python3-pytest,python3-numpy,python3-scapy,iproute2,kmod,procps,udev"
 KEY=$(printf '%s\n' "$PACKAGES" | cat - "$HERE/build-image.sh" "$HERE/guest-init" | sha256sum | cut -c1-16)
 
 mkdir -p "$OUT"
