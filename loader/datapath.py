@@ -23,7 +23,6 @@ from xdpnn.trainer import model as model_file
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/xdpnn"
-PINNED_MAPS = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
 
 
 def pin_dir(iface: str, ns: str | None) -> str:
@@ -135,7 +134,7 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         os.makedirs(pdir)
         undo.callback(remove_pins, pdir)
         bpf_sys.pin(prog.prog_fd, f"{pdir}/prog")
-        for name in PINNED_MAPS:
+        for name in maps.MAP_NAMES:
             bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
 
         with netns(ns):
@@ -218,7 +217,7 @@ class Pinned:
         self.fds: dict[str, int] = {}
 
     def __enter__(self):
-        for name in ("prog",) + PINNED_MAPS:
+        for name in ("prog",) + maps.MAP_NAMES:
             path = f"{self.dir}/{name}"
             if os.path.exists(path):
                 self.fds[name] = bpf_sys.get_pinned(path)
