@@ -15,6 +15,7 @@ EPILOGS = {
     "attach": """examples:
   sudo xdpnn attach veth0 --model model.npz
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=drop
+  sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=redirect:mon0
   sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic""",
     "detach": "examples:\n  sudo xdpnn detach veth0\n  sudo xdpnn -n dut detach d0",
     "status": "examples:\n  sudo xdpnn status\n  sudo xdpnn -j status",
@@ -25,7 +26,8 @@ EPILOGS = {
     "swap": "examples:\n  sudo xdpnn swap veth0 --model retrained.npz",
     "set": """examples:
   sudo xdpnn set veth0 --action attack=drop --action benign=count
-  sudo xdpnn set veth0 --action all=count --port 9696""",
+  sudo xdpnn set veth0 --action all=count --port 9696
+  sudo xdpnn set veth0 --action attack=redirect:mon0""",
     "predict": """examples:
   sudo xdpnn predict --model model.npz --pcap requests.pcap
   sudo xdpnn predict --model model.npz --hex 020000000002020000000001080045...""",
@@ -392,6 +394,11 @@ NEEDS_ROOT = {"attach", "detach", "status", "stats", "swap", "set", "predict", "
 
 # --- parser -----------------------------------------------------------------
 
+ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (default: the "
+               "default path), pass, drop, or redirect:IFACE (out of interface IFACE, a "
+               "monitor or scrubbing port); repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xdpnn", description="Binarized neural network inference in XDP, per packet, "
@@ -426,8 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, help="payload mode: UDP port of requests "
                                             "(default: the model's, else 9595)")
     c.add_argument("--action", action="append", default=[], metavar="CLASS=ACTION",
-                   help="what to do with packets of CLASS (name, index or 'all'): count "
-                        "(default), pass, drop or redirect; repeatable")
+                   help=ACTION_HELP)
     c.add_argument("--xdp-mode", choices=("native", "generic"), default="native",
                    help="driver XDP (default) or generic (skb) XDP")
 
@@ -447,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("set", cmd_set, "change per-class actions or the request port")
     c.add_argument("iface")
-    c.add_argument("--action", action="append", default=[], metavar="CLASS=ACTION")
+    c.add_argument("--action", action="append", default=[], metavar="CLASS=ACTION",
+                   help=ACTION_HELP)
     c.add_argument("--port", type=int)
 
     c = cmd("predict", cmd_predict, "run packets through the compiled program (no interface) "

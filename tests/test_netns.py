@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from xdpnn.trainer.model import random_model  # noqa: E402
 from xdpnn.traffic import packets  # noqa: E402
 from xdpnn.traffic.sender import Capture, send_frames  # noqa: E402
 from xdpnn.traffic.sink import Sink  # noqa: E402
-from xdpnn.traffic.topology import Topology  # noqa: E402
+from xdpnn.traffic.topology import Topology, ip  # noqa: E402
 
 PORT = 9595
 _ids = itertools.count()
@@ -42,6 +43,34 @@ def topology(drop=False):
                 yield t
             finally:  # whatever the test did, nothing of xdpnn may outlive it
                 xdpnn("-n", t.dut, "detach", "d0", check=False)
+
+
+@contextmanager
+def monitor_port(t):
+    """A third veth pair, dut [m0] <-> [m1] monitor, and a counting program on
+    m1: a redirect into m0 needs an XDP program on m0's peer."""
+    mon = f"{t.dut}-mon"
+    ip("netns", "add", mon)
+    try:
+        ip("netns", "exec", mon, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+           "net.ipv6.conf.default.disable_ipv6=1")
+        ip("link", "add", "m0", "netns", t.dut, "type", "veth", "peer", "name", "m1",
+           "netns", mon)
+        ip("-n", t.dut, "link", "set", "m0", "up")
+        ip("-n", mon, "link", "set", "m1", "up")
+        with Sink(mon, "m1") as sink:
+            yield sink
+    finally:
+        ip("netns", "del", mon, check=False)
+
+
+def wait_count(sink, n, max_seconds=3.0):
+    """The sink's packet count once it reaches n (delivery is asynchronous)."""
+    deadline = time.monotonic() + max_seconds
+    while sink.counts()[0] < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # and nothing more arrives
+    return sink.counts()[0]
 
 
 @pytest.fixture
@@ -215,3 +244,49 @@ def test_stats_interval_prints_samples_with_rates(topo, model_file):
     assert all(set(s["rates"]) == {"classes", "input", "verdict"} for s in samples)
     text = xdpnn("-n", topo.dut, "stats", "d0", "0.1", "1").stdout
     assert "pkt/s" in text and "class0" in text
+
+
+def test_redirect_sends_a_class_out_of_its_target_with_or_without_a_peer(topo, model_file):
+    model, path = model_file()
+    bits, frames = requests(model, 60, seed=10)
+    classes = reference.predict(model, bits)
+    victim = int(np.bincount(classes).argmax())
+    name, n_victim = model.classes[victim], int((classes == victim).sum())
+    others = [f for f, c in zip(frames, classes) if c != victim]
+    attach = ("-n", topo.dut, "attach", "d0", "--model", path)
+    with monitor_port(topo) as mon:
+        r = xdpnn(*attach, "--peer", "d1", "--action", f"{name}=redirect", check=False)
+        assert r.returncode == 2 and f"{name}=redirect:IFACE" in r.stderr
+        for target, code in (("d0", 2), ("d1", 2), ("nope0", 5)):
+            r = xdpnn(*attach, "--peer", "d1", "--action", f"{name}=redirect:{target}",
+                      check=False)
+            assert r.returncode == code and target in r.stderr, r.stderr
+            assert not xdp_attached(topo.dut, "d0") and not pin_dir(topo).exists()
+
+        xdpnn(*attach, "--peer", "d1", "--action", f"{name}=redirect:m0")
+        rec = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut]
+        assert rec[0]["actions"][name] == "redirect:m0"
+        assert f"{name}=redirect:m0" in xdpnn("status").stdout
+        with Capture(topo.sink, "s0") as cap:
+            assert send_frames(topo.gen, "g0", frames) == 60
+            assert cap.collect(60, max_seconds=2) == others  # the default path
+        assert wait_count(mon, n_victim) == n_victim
+        s = stats(topo)
+        assert s["verdict"]["redirect"] == 60 and sum(s["verdict"].values()) == 60
+        assert s["classes"][name] == n_victim
+
+        # Without a peer the others go to the stack; set turns redirect on and off.
+        xdpnn("-n", topo.dut, "detach", "d0")
+        xdpnn(*attach)
+        r = xdpnn("-n", topo.dut, "set", "d0", "--action", f"{name}=redirect", check=False)
+        assert r.returncode == 2 and "redirect:IFACE" in r.stderr
+        xdpnn("-n", topo.dut, "set", "d0", "--action", f"{name}=redirect:m0")
+        send_frames(topo.gen, "g0", frames)
+        assert wait_count(mon, 2 * n_victim) == 2 * n_victim
+        s = stats(topo)
+        assert (s["verdict"]["redirect"], s["verdict"]["pass"]) == (n_victim, 60 - n_victim)
+        xdpnn("-n", topo.dut, "set", "d0", "--action", f"{name}=count")
+        send_frames(topo.gen, "g0", frames)
+        assert wait_count(mon, 2 * n_victim + 1, max_seconds=0.5) == 2 * n_victim
+        assert stats(topo)["verdict"]["pass"] == 120 - n_victim
+        assert topo.sink_counter.counts()[0] == 60 - n_victim  # only the first, forwarded
