@@ -144,18 +144,25 @@ def rates(prev: dict, cur: dict) -> dict:
 
 
 def format_stats(s: dict, prev: dict | None) -> str:
+    """Totals; with a forwarding peer, also each direction (by ingress interface)."""
     r = rates(prev, s) if prev else None
     ns = f" (netns {s['netns']})" if s["netns"] else ""
+    sides = s.get("ingress", {}) if len(s.get("ingress", {})) > 1 else {}
     lines = [f"{s['iface']}{ns}: {sum(s['input'].values())} packets, "
              f"{s['input']['classified']} classified"]
-    head = f"  {'class':<20}{'packets':>12}" + (f"{'pkt/s':>12}" if r else "")
+    head = (f"  {'class':<20}" + "".join(f"{'from ' + i:>12}" for i in sides) +
+            f"{'packets':>12}" + (f"{'pkt/s':>12}" if r else ""))
     lines.append(head)
     for name, v in s["classes"].items():
-        lines.append(f"  {name:<20}{v:>12}" + (f"{r['classes'][name]:>12.0f}" if r else ""))
+        lines.append(f"  {name:<20}" + "".join(f"{d['classes'][name]:>12}" for d in sides.values())
+                     + f"{v:>12}" + (f"{r['classes'][name]:>12.0f}" if r else ""))
+
+    def counts(group, c):
+        return ", ".join(f"{k} {v}" for k, v in c[group].items() if v) or "none"
     for group in ("input", "verdict"):
-        nonzero = {k: v for k, v in s[group].items() if v}
-        lines.append(f"  {group}: " + (", ".join(f"{k} {v}" for k, v in nonzero.items())
-                                        or "none"))
+        lines.append(f"  {group}: {counts(group, s)}")
+    for i, d in sides.items():
+        lines.append(f"  from {i}: input {counts('input', d)}; verdict {counts('verdict', d)}")
     return "\n".join(lines)
 
 
@@ -371,6 +378,19 @@ Writes bench.json, bench.md and bench.png (with matplotlib) to --out
 (default results/bench-<time>/); docs/benchmarks.md explains every figure."""
 
 
+EPILOGS["exporter"] = """examples:
+  sudo xdpnn exporter                               every attached datapath, on 127.0.0.1:9797
+  sudo xdpnn -n dut exporter d0 --listen 127.0.0.1:9800
+  curl -s http://127.0.0.1:9797/metrics | grep xdpnn_class_packets
+
+Counters are read from the pins at each scrape; Ctrl-C or SIGTERM stops it."""
+
+
+def cmd_exporter(args):
+    from xdpnn.loader import exporter
+    return exporter.command(args)
+
+
 def cmd_bench(args):
     from xdpnn.traffic import bench
     return bench.command(args)
@@ -389,7 +409,7 @@ def print_ebpf(model, record_input: bool = False):
 
 
 NEEDS_ROOT = {"attach", "detach", "status", "stats", "swap", "set", "predict", "verify", "send",
-              "demo", "bench"}
+              "demo", "bench", "exporter"}
 
 
 # --- parser -----------------------------------------------------------------
@@ -522,6 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--label-column", metavar="NAME", help="csv: the label column (the last)")
     c.add_argument("--port", type=int, default=9595,
                    help="payload models: UDP port of requests (9595)")
+
+    c = cmd("exporter", cmd_exporter, "serve the counters of attached datapaths as Prometheus "
+                                      "metrics over HTTP")
+    c.add_argument("iface", nargs="*", help="datapaths to export, by interface (in -n NETNS); "
+                                            "default: every attached one")
+    c.add_argument("--listen", default="127.0.0.1:9797", metavar="ADDR:PORT",
+                   help="where to serve /metrics (127.0.0.1:9797)")
 
     c = cmd("bench", cmd_bench, "measure the forwarding rate with and without inference, "
                                 "ns per inference in XDP and in user space (namespaces of "

@@ -316,14 +316,21 @@ def status() -> list[dict]:
 
 
 def stats(iface: str, ns: str | None) -> dict:
-    """Counter totals since attach, named."""
+    """Counters since attach, named: totals, and under "ingress" the counts of
+    each interface packets arrived on (IFACE, and the peer if there is one)."""
     with Pinned(iface, ns) as p:
-        c = compile.read_counters(p.fds["nn_counters"])
-        classes = p.record["model"]["classes"]
-    return {"iface": iface, "netns": ns, "time": time.time(),
-            "classes": {name: int(c["class_packets"][k]) for k, name in enumerate(classes)},
-            "input": {name: int(v) for name, v in zip(maps.INPUT_RESULTS, c["input"])},
-            "verdict": {name: int(v) for name, v in zip(maps.VERDICTS, c["verdict"])}}
+        sides = [compile.read_counters(p.fds["nn_counters"], s) for s in range(maps.SIDES)]
+        rec = p.record
+    classes = rec["model"]["classes"]
+
+    def named(c):
+        return {"classes": {name: int(c["class_packets"][k]) for k, name in enumerate(classes)},
+                "input": {name: int(v) for name, v in zip(maps.INPUT_RESULTS, c["input"])},
+                "verdict": {name: int(v) for name, v in zip(maps.VERDICTS, c["verdict"])}}
+    total = {k: sum(c[k] for c in sides) for k in sides[0]}
+    return {"iface": iface, "netns": ns, "time": time.time(), **named(total),
+            "ingress": {name: named(c) for name, c in zip((rec["iface"], rec.get("peer")), sides)
+                        if name}}
 
 
 def swap(iface: str, ns: str | None, model_path: str) -> dict:

@@ -6,8 +6,13 @@ test's own, with real packets through it.
 import itertools
 import json
 import os
+import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -290,3 +295,96 @@ def test_redirect_sends_a_class_out_of_its_target_with_or_without_a_peer(topo, m
         assert wait_count(mon, 2 * n_victim + 1, max_seconds=0.5) == 2 * n_victim
         assert stats(topo)["verdict"]["pass"] == 120 - n_victim
         assert topo.sink_counter.counts()[0] == 60 - n_victim  # only the first, forwarded
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def exporter(*args):
+    """`xdpnn ... exporter` on a free loopback port; yields (process, port)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "xdpnn.loader.cli", *args, "--listen",
+                             f"127.0.0.1:{port}"], cwd=cli.ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the exporter never listened"
+                time.sleep(0.1)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def scrape(port):
+    """{(metric, labels): value} from one HTTP GET of /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_exporter_serves_the_counters_of_each_direction(topo, model_file):
+    model, path = model_file()
+    xdpnn("-n", topo.dut, "attach", "d0", "--peer", "d1", "--model", path,
+          "--action", f"{model.classes[1]}=drop")
+    _, forth = requests(model, 200, seed=11)
+    _, back = requests(model, 101, seed=12)
+    def send():  # in bursts, so that scrapes fall while traffic flows
+        for k in range(0, 200, 20):
+            send_frames(topo.gen, "g0", forth[k:k + 20])
+            time.sleep(0.05)
+        send_frames(topo.sink, "s0", back)
+
+    with exporter("-n", topo.dut, "exporter", "d0") as (proc, port):
+        sender = threading.Thread(target=send)
+        sender.start()
+        during = []
+        while sender.is_alive():
+            during.append(scrape(port))
+        sender.join()
+        deadline = time.monotonic() + 5
+        while sum(stats(topo)["input"].values()) < 301 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got, s = scrape(port), stats(topo)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+    at = {"iface": "d0", "netns": topo.dut}
+    classified = tuple(sorted({**at, "ingress": "d0", "result": "classified"}.items()))
+    seen = [d.get(("xdpnn_input_packets_total", classified), 0) for d in during]
+    assert during and seen == sorted(seen) and seen[-1] <= 200
+    assert {i: sum(c["input"].values()) for i, c in s["ingress"].items()} == \
+        {"d0": 200, "d1": 101}
+    for ingress, c in s["ingress"].items():
+        for group, metric, label in (("classes", "xdpnn_class_packets_total", "class"),
+                                     ("input", "xdpnn_input_packets_total", "result"),
+                                     ("verdict", "xdpnn_verdict_packets_total", "verdict")):
+            for name, v in c[group].items():
+                key = tuple(sorted({**at, "ingress": ingress, label: name}.items()))
+                assert got[(metric, key)] == v, (metric, key)
+    rec = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut][0]
+    info = [dict(k) for name, k in got if name == "xdpnn_model_info"]
+    assert info == [{**at, "shape": "256-32-16-4", "sha256": rec["model"]["sha256"],
+                     "slot": "0", "input": "payload", "path": path,
+                     "attached_at": rec["attached_at"]}]
+
+    # Without IFACE: every attached datapath; Ctrl-C stops it cleanly too.
+    with exporter("exporter") as (proc, port):
+        got = scrape(port)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    key = tuple(sorted({**at, "ingress": "d1", "result": "classified"}.items()))
+    assert got[("xdpnn_input_packets_total", key)] == s["ingress"]["d1"]["input"]["classified"]
