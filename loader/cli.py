@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "metrics over HTTP")
     c.add_argument("iface", nargs="*", help="datapaths to export, by interface (in -n NETNS); "
                                             "default: every attached one")
-    c.add_argument("--listen", default="127.0.0.1:9797", metavar="ADDR:PORT",
+    c.add_argument("--listen", metavar="ADDR:PORT",
                    help="where to serve /metrics (127.0.0.1:9797)")
 
     c = cmd("bench", cmd_bench, "measure the forwarding rate with and without inference, "

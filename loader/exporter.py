@@ -124,7 +124,7 @@ def serve(registry, host: str, port: int, on_ready=None) -> str:
 
 def command(args) -> int:
     prometheus_client, _ = import_prometheus()
-    host, port = parse_listen(args.listen)
+    host, port = parse_listen(args.listen or DEFAULT_LISTEN)
     wanted = [(i, args.netns) for i in args.iface] or None
     for iface, ns in wanted or []:
         datapath.stats(iface, ns)  # not attached: say so now, not at the first scrape
