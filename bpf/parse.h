@@ -21,10 +21,6 @@
 #define IP_MF_ 0x2000
 #define IP_OFFSET_ 0x1FFF
 
-/* Headers mode: the fixed 32-byte feature record (docs/datapath.md). */
-#define NN_FEATURE_BYTES 32
-#define NN_FEATURE_PAYLOAD 16 /* L4 payload bytes copied into the record (below, one by one) */
-
 struct l3 {
 	struct iphdr *ip;
 	void *l4;            /* first byte after the IPv4 header */
@@ -159,6 +155,9 @@ static __always_inline int mode_input(struct l3 l3, void *data_end, const struct
 	COPY_PAYLOAD_BYTE(8) COPY_PAYLOAD_BYTE(9) COPY_PAYLOAD_BYTE(10) COPY_PAYLOAD_BYTE(11)
 	COPY_PAYLOAD_BYTE(12) COPY_PAYLOAD_BYTE(13) COPY_PAYLOAD_BYTE(14) COPY_PAYLOAD_BYTE(15)
 #undef COPY_PAYLOAD_BYTE
+#if NN_FEATURE_PAYLOAD != 16
+#error "the record's payload is copied in 16 statements above: change them with it"
+#endif
 copied:
 
 #pragma unroll

@@ -3,7 +3,9 @@
  * Per packet: parse (parse.h) -> model input or a reason it has none ->
  * inference (bnn.h) -> the class's action; packets that are not classified
  * take the default path untouched.  The default path is the forwarding
- * peer (DEVMAP redirect) when there is one, else the local stack.
+ * peer (DEVMAP redirect) when there is one, else the local stack.  The
+ * redirect action sends a class out of an interface of its own, through
+ * the same DEVMAP.
  *
  * Compiled by loader/compile.py with the model's shape as -D flags.
  * Two benchmark variants (traffic/bench.py), off unless defined:
@@ -23,6 +25,11 @@
 #include "parse.h"
 #include "bnn.h"
 
+/* nn_counters.verdict is indexed by the returned XDP action. */
+_Static_assert(NN_VERDICT_ABORTED == XDP_ABORTED && NN_VERDICT_DROP == XDP_DROP &&
+	       NN_VERDICT_PASS == XDP_PASS && NN_VERDICT_TX == XDP_TX &&
+	       NN_VERDICT_REDIRECT == XDP_REDIRECT, "enum nn_verdict must follow enum xdp_action");
+
 struct nn_model_words {
 	__u64 w[NN_MODEL_WORDS];
 };
@@ -30,17 +37,19 @@ struct nn_model_words {
 /* The model, in two slots: the loader writes the idle slot, then flips
  * nn_config.active_slot, so a swap never shows a packet half a model. */
 BPF_ARRAY(nn_model, struct nn_model_words, 2);
-/* Port, actions and the forwarding pair; written by the loader. */
+/* Port, actions, redirect slots and the forwarding pair; written by the loader. */
 BPF_ARRAY(nn_config, struct nn_config, 1);
-/* Counters per input result, verdict and class; read by `xdpnn stats`. */
-BPF_PERCPU_ARRAY(nn_counters, struct nn_counters, 1);
-/* Egress ports of the forwarding pair (slot 0, slot 1); written by the loader. */
-BPF_DEVMAP(nn_tx_port, 2);
+/* Counters per input result, verdict and class, one entry per ingress side;
+ * read by `xdpnn stats` and the exporter. */
+BPF_PERCPU_ARRAY(nn_counters, struct nn_counters, NN_SIDES);
+/* Egress ports: the forwarding pair (slots 0, 1), then redirect targets;
+ * written by the loader. */
+BPF_DEVMAP(nn_tx_port, NN_TX_SLOTS);
 
 /* The attach record (JSON) that `xdpnn status` and later commands read;
  * written by the loader, never read by the program. */
 struct nn_meta {
-	char json[16384];
+	char json[NN_META_BYTES];
 };
 BPF_ARRAY(nn_meta, struct nn_meta, 1);
 
@@ -75,7 +84,7 @@ static __always_inline int forward(struct xdp_md *ctx, const struct nn_config *c
 
 static __always_inline int verdict(struct nn_counters *c, int v)
 {
-	if (v >= 0 && v < 5)
+	if (v >= 0 && v < NN_VERDICT__COUNT)
 		c->verdict[v]++;
 	return v;
 }
@@ -84,10 +93,15 @@ int xdpnn(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
 	struct nn_config *cfg = nn_config.lookup(&zero);
-	struct nn_counters *c = nn_counters.lookup(&zero);
+	if (!cfg)
+		return XDP_PASS; /* cannot happen: array entries always exist */
+	/* Side 1: arrived on the peer; ifindex[1] is 0 without one, which no
+	 * interface has. */
+	__u32 side = ctx->ingress_ifindex == cfg->ifindex[1] ? 1 : 0;
+	struct nn_counters *c = nn_counters.lookup(&side);
 	struct nn_scratch *s = nn_scratch.lookup(&zero);
-	if (!cfg || !c || !s)
-		return XDP_PASS; /* cannot happen: one-entry arrays always exist */
+	if (!c || !s)
+		return XDP_PASS;
 #ifdef NN_FORWARD_ONLY
 	return verdict(c, forward(ctx, cfg));
 #endif
@@ -127,6 +141,11 @@ int xdpnn(struct xdp_md *ctx)
 	case NN_ACT_DROP:
 		return verdict(c, XDP_DROP);
 	case NN_ACT_REDIRECT:
+		/* A target that is gone (the kernel empties its slot) leaves the
+		 * packet on the default path, like a class that is only counted. */
+		if (nn_tx_port.redirect_map(cfg->tx_slot[cls], 0) == XDP_REDIRECT)
+			return verdict(c, XDP_REDIRECT);
+		return verdict(c, forward(ctx, cfg));
 	case NN_ACT_COUNT:
 	default:
 		return verdict(c, forward(ctx, cfg));

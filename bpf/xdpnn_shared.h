@@ -1,22 +1,41 @@
-/* What the XDP program and the loader share: map value layouts and the ids
- * that index them.  Plain C, no BCC macros, so both sides read one truth.
- * loader/maps.py mirrors these structs with ctypes and checks the sizes
- * against what BCC compiled at every attach. */
+/* What the XDP program and the loader share: sizes, the ids that index the
+ * counters and configuration, and the map value layouts.  Plain C, no BCC
+ * macros, so both sides read one truth: the program #includes it, and
+ * Python parses its #defines and enums (bpf/shared.py), so no number here
+ * is written a second time.  Keep it to what that parser reads: integer
+ * #defines (literals and sums of earlier ones) and enums. */
 #ifndef XDPNN_SHARED_H
 #define XDPNN_SHARED_H
 
-#define NN_MAX_CLASSES 64
+#define NN_MAX_CLASSES 64 /* a power of two: the program masks class ids with it */
 
 /* Input modes, chosen at compile time by -DNN_INPUT_MODE. */
 #define NN_INPUT_PAYLOAD 0 /* the first bytes of a UDP payload to a port */
 #define NN_INPUT_HEADERS 1 /* a feature record built from L3/L4 headers */
+
+/* Headers mode: the fixed 32-byte feature record (docs/datapath.md). */
+#define NN_FEATURE_BYTES 32
+#define NN_FEATURE_PAYLOAD 16 /* L4 payload bytes copied into the record */
+
+/* The attach record (JSON) in nn_meta; written and read by the loader only. */
+#define NN_META_BYTES 16384
+
+/* nn_counters has one entry per ingress side of the forwarding pair:
+ * packets that arrived on nn_config.ifindex[0] count in entry 0, those
+ * that arrived on ifindex[1] (the peer) in entry 1. */
+#define NN_SIDES 2
+
+/* nn_tx_port slots: 0 and 1 are the forwarding pair; from NN_TX_TARGETS on,
+ * the interfaces that classes are redirected to (nn_config.tx_slot). */
+#define NN_TX_TARGETS 2
+#define NN_TX_SLOTS (NN_TX_TARGETS + NN_MAX_CLASSES)
 
 /* What happens to a classified packet, per class (nn_config.action). */
 enum nn_action {
 	NN_ACT_COUNT = 0,    /* count only: the packet takes the default path */
 	NN_ACT_PASS = 1,     /* hand it to the local network stack */
 	NN_ACT_DROP = 2,
-	NN_ACT_REDIRECT = 3, /* send it out of the forwarding peer */
+	NN_ACT_REDIRECT = 3, /* out of the class's target (nn_config.tx_slot) */
 };
 
 /* Why a packet was or was not classified (nn_counters.input). */
@@ -33,19 +52,31 @@ enum nn_input_result {
 	NN_IN__COUNT,
 };
 
-/* Set by the loader, read by every packet.  Slot 0 of a one-entry array. */
-struct nn_config {
-	__u32 active_slot;          /* which weight slot inference reads (0/1) */
-	__u32 udp_port;             /* payload mode: UDP destination port */
-	__u32 ifindex[2];           /* forwarding pair; in on [i], out on devmap slot 1-i */
-	__u8 action[NN_MAX_CLASSES]; /* enum nn_action, per class */
+/* What the program returned (nn_counters.verdict): the XDP action codes,
+ * in their order (xdpnn.c checks them against enum xdp_action). */
+enum nn_verdict {
+	NN_VERDICT_ABORTED = 0,
+	NN_VERDICT_DROP,
+	NN_VERDICT_PASS,
+	NN_VERDICT_TX,
+	NN_VERDICT_REDIRECT,
+	NN_VERDICT__COUNT,
 };
 
-/* Per-CPU counters, one entry; userspace sums over CPUs.  Each CPU writes
- * only its own copy, so plain increments need no atomics. */
+/* Set by the loader, read by every packet.  Slot 0 of a one-entry array. */
+struct nn_config {
+	__u32 active_slot;           /* which weight slot inference reads (0/1) */
+	__u32 udp_port;              /* payload mode: UDP destination port */
+	__u32 ifindex[2];            /* forwarding pair; in on [i], out on devmap slot 1-i */
+	__u8 action[NN_MAX_CLASSES]; /* enum nn_action, per class */
+	__u8 tx_slot[NN_MAX_CLASSES]; /* NN_ACT_REDIRECT: the class's nn_tx_port slot */
+};
+
+/* Per-CPU counters, one entry per ingress side; userspace sums over CPUs.
+ * Each CPU writes only its own copy, so plain increments need no atomics. */
 struct nn_counters {
-	__u64 input[NN_IN__COUNT];      /* enum nn_input_result */
-	__u64 verdict[5];               /* indexed by XDP action: aborted, drop, pass, tx, redirect */
+	__u64 input[NN_IN__COUNT];       /* enum nn_input_result */
+	__u64 verdict[NN_VERDICT__COUNT]; /* enum nn_verdict */
 	__u64 class_packets[NN_MAX_CLASSES];
 };
 

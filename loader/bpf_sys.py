@@ -97,6 +97,11 @@ def map_update(fd: int, key: int, value: bytes | ctypes.Structure, what: str = "
     _check(lib().bpf_map_update_elem(fd, ctypes.byref(k), buf, 0), f"write {what}[{key}]")
 
 
+def map_delete(fd: int, key: int, what: str = "map") -> None:
+    k = ctypes.c_uint32(key)
+    _check(lib().bpf_map_delete_elem(fd, ctypes.byref(k)), f"delete {what}[{key}]")
+
+
 class TestRunOpts(ctypes.Structure):
     _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p),
                 ("data_out", ctypes.c_void_p), ("data_size_in", ctypes.c_uint32),

@@ -169,9 +169,15 @@ def out(args, data, text: str) -> None:
 
 # --- commands ------------------------------------------------------------------
 
+ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (default: the "
+               "default path), pass, drop, or redirect:IFACE (out of interface IFACE, a "
+               "monitor or scrubbing port); repeatable")
+
+
 @command("attach", "compile a model for an interface and attach it", """
   sudo xdpnn attach veth0 --model model.npz
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=drop
+  sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=redirect:mon0
   sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic""", options=[
     arg("iface", type=IFNAME, help="interface to attach to"),
     arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
@@ -182,9 +188,7 @@ def out(args, data, text: str) -> None:
         help="where the inputs come from (default: the model's own input mode)"),
     arg("--port", type=PORT, help=f"payload mode: UDP port of requests (default: the model's, "
                                   f"else {DEFAULT_PORT})"),
-    arg("--action", action="append", default=[], metavar="CLASS=ACTION",
-        help="what to do with packets of CLASS (name, index or 'all'): count (default), pass, "
-             "drop or redirect; repeatable"),
+    arg("--action", action="append", default=[], metavar="CLASS=ACTION", help=ACTION_HELP),
     arg("--xdp-mode", choices=("native", "generic"), default="native",
         help="driver XDP (default) or generic (skb) XDP"),
 ])
@@ -267,18 +271,25 @@ def rates(prev: dict, cur: dict) -> dict:
 
 
 def format_stats(s: dict, prev: dict | None) -> str:
+    """Totals; with a forwarding peer, also each direction (by ingress interface)."""
     r = rates(prev, s) if prev else None
     ns = f" (netns {s['netns']})" if s["netns"] else ""
+    sides = s.get("ingress", {}) if len(s.get("ingress", {})) > 1 else {}
     lines = [f"{s['iface']}{ns}: {sum(s['input'].values())} packets, "
              f"{s['input']['classified']} classified"]
-    head = f"  {'class':<20}{'packets':>12}" + (f"{'pkt/s':>12}" if r else "")
+    head = (f"  {'class':<20}" + "".join(f"{'from ' + i:>12}" for i in sides) +
+            f"{'packets':>12}" + (f"{'pkt/s':>12}" if r else ""))
     lines.append(head)
     for name, v in s["classes"].items():
-        lines.append(f"  {name:<20}{v:>12}" + (f"{r['classes'][name]:>12.0f}" if r else ""))
+        lines.append(f"  {name:<20}" + "".join(f"{d['classes'][name]:>12}" for d in sides.values())
+                     + f"{v:>12}" + (f"{r['classes'][name]:>12.0f}" if r else ""))
+
+    def counts(group, c):
+        return ", ".join(f"{k} {v}" for k, v in c[group].items() if v) or "none"
     for group in ("input", "verdict"):
-        nonzero = {k: v for k, v in s[group].items() if v}
-        lines.append(f"  {group}: " + (", ".join(f"{k} {v}" for k, v in nonzero.items())
-                                        or "none"))
+        lines.append(f"  {group}: {counts(group, s)}")
+    for i, d in sides.items():
+        lines.append(f"  from {i}: input {counts('input', d)}; verdict {counts('verdict', d)}")
     return "\n".join(lines)
 
 
@@ -296,10 +307,10 @@ def cmd_swap(args):
 
 @command("set", "change per-class actions or the request port", """
   sudo xdpnn set veth0 --action attack=drop --action benign=count
-  sudo xdpnn set veth0 --action all=count --port 9696""", options=[
+  sudo xdpnn set veth0 --action all=count --port 9696
+  sudo xdpnn set veth0 --action attack=redirect:mon0""", options=[
     arg("iface", type=IFNAME),
-    arg("--action", action="append", default=[], metavar="CLASS=ACTION",
-        help="as for attach; repeatable"),
+    arg("--action", action="append", default=[], metavar="CLASS=ACTION", help=ACTION_HELP),
     arg("--port", type=PORT, help="payload mode: the new request port"),
 ])
 def cmd_set(args):
@@ -543,6 +554,22 @@ def cmd_train(args):
     report = model.provenance["report"]
     out(args, {"out": args.out, "report": report},
         f"{train.format_report(report)}\nwrote {args.out}")
+
+
+@command("exporter", "serve the counters of attached datapaths as Prometheus metrics over "
+                     "HTTP", """
+  sudo xdpnn exporter                               every attached datapath, on 127.0.0.1:9797
+  sudo xdpnn -n dut exporter d0 --listen 127.0.0.1:9800
+  curl -s http://127.0.0.1:9797/metrics | grep xdpnn_class_packets
+
+Counters are read from the pins at each scrape; Ctrl-C or SIGTERM stops it.""", options=[
+    arg("iface", nargs="*", type=IFNAME,
+        help="datapaths to export, by interface (in -n NETNS); default: every attached one"),
+    arg("--listen", metavar="ADDR:PORT", help="where to serve /metrics (127.0.0.1:9797)"),
+])
+def cmd_exporter(args):
+    from xdpnn.loader import exporter
+    return exporter.command(args)
 
 
 @command("bench", "measure the forwarding rate with and without inference, ns per inference "

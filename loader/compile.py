@@ -19,7 +19,6 @@ from xdpnn.trainer.model import DEFAULT_PORT, Model
 # Package data; installed on a file system, so BCC can read #includes from it (-I).
 BPF_DIR = resources.files("xdpnn.bpf")
 SOURCE = BPF_DIR / "xdpnn.c"
-MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
 
 
 def import_bcc():
@@ -125,7 +124,7 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
             why = _summary(log[0], str(err))
         raise BuildError(f"load XDP program for model {model.shape}: verifier rejected it: "
                          f"{why}")
-    prog = Program(bpf=bpf, prog_fd=fn.fd, maps={n: bpf[n].map_fd for n in MAP_NAMES},
+    prog = Program(bpf=bpf, prog_fd=fn.fd, maps={n: bpf[n].map_fd for n in maps.MAP_NAMES},
                    model=model, cflags=cflags, record_input=record_input)
     try:
         check_layouts(bpf)
@@ -169,7 +168,10 @@ def write_config(map_fd: int, cfg: maps.Config) -> None:
     bpf_sys.map_update(map_fd, 0, bytes(cfg), "nn_config")
 
 
-def read_counters(map_fd: int) -> dict:
+def read_counters(map_fd: int, side: int | None = None) -> dict:
+    """Counters of one ingress side (0: IFACE, 1: the peer), or of both summed."""
     n = bpf_sys.possible_cpus()
-    raw = bpf_sys.map_lookup(map_fd, 0, n * ctypes.sizeof(maps.Counters), "nn_counters")
-    return maps.sum_counters(raw, n)
+    sides = range(maps.SIDES) if side is None else [side]
+    per_side = [maps.sum_counters(bpf_sys.map_lookup(
+        map_fd, s, n * ctypes.sizeof(maps.Counters), "nn_counters"), n) for s in sides]
+    return {k: sum(c[k] for c in per_side) for k in per_side[0]}

@@ -23,7 +23,6 @@ from xdpnn.trainer import model as model_file
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/xdpnn"
-PINNED_MAPS = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
 
 
 def pin_dir(iface: str, ns: str | None) -> str:
@@ -51,20 +50,54 @@ def ensure_bpffs() -> None:
                                   "(inside `ip netns exec`? use `xdpnn -n NETNS` instead)")
 
 
-def parse_actions(specs: list[str], classes: list[str], has_peer: bool) -> list[int]:
-    """CLASS=ACTION strings -> enum nn_action per class (default: count)."""
-    acts = [0] * len(classes)
+def parse_actions(specs: list[str], classes: list[str], current: list[str] | None = None
+                  ) -> list[str]:
+    """CLASS=ACTION strings applied over the current actions (default: all count):
+    one action per class, count, pass, drop or redirect:IFACE."""
+    acts = list(current or ["count"] * len(classes))
     for spec in specs:
         name, sep, action = spec.partition("=")
-        if not sep or action not in maps.ACTIONS:
+        kind, _, target = action.partition(":")
+        if action == "redirect":
+            raise UsageError(f"action '{spec}': redirect needs a target interface: "
+                             f"{name}=redirect:IFACE sends the class out of IFACE")
+        if not sep or kind not in maps.ACTIONS or bool(target) != (kind == "redirect"):
             raise UsageError(f"action '{spec}': expected CLASS=ACTION with ACTION one of "
-                             f"{', '.join(maps.ACTIONS)}")
-        targets = range(len(classes)) if name == "all" else [_class_index(name, classes)]
-        if action == "redirect" and not has_peer:
-            raise UsageError(f"action '{spec}': redirect needs a forwarding peer (--peer)")
-        for k in targets:
-            acts[k] = maps.ACTIONS.index(action)
+                             "count, pass, drop, redirect:IFACE")
+        for k in range(len(classes)) if name == "all" else [_class_index(name, classes)]:
+            acts[k] = action
     return acts
+
+
+def redirect_targets(classes: list[str], acts: list[str], before: list[str], iface: str,
+                     peer: str | None, ns: str | None) -> dict[int, int]:
+    """Class -> target ifindex, for each class whose action became redirect:IFACE;
+    validated.  Call inside ns: the devmap resolves ifindexes there."""
+    out = {}
+    for k, (action, old) in enumerate(zip(acts, before)):
+        kind, _, target = action.partition(":")
+        if kind != "redirect" or action == old:
+            continue
+        if target in (iface, peer):
+            raise UsageError(f"action '{classes[k]}={action}': {target} is where packets arrive; "
+                             "redirect to another interface (a monitor or scrubbing port)")
+        try:
+            out[k] = ifindex(target, ns)
+        except AttachError as e:
+            raise AttachError(f"action '{classes[k]}={action}': {e}") from None
+    return out
+
+
+def write_redirects(tx_fd: int, targets: dict[int, int]) -> None:
+    """Class k redirects through devmap slot TX_TARGETS + k (nn_config.tx_slot)."""
+    for k, i in targets.items():
+        bpf_sys.map_update(tx_fd, maps.TX_TARGETS + k, ctypes.c_uint32(i), "nn_tx_port")
+
+
+def config_actions(cfg: maps.Config, acts: list[str]) -> None:
+    for k, action in enumerate(acts):
+        cfg.action[k] = maps.ACTIONS.index(action.partition(":")[0])
+        cfg.tx_slot[k] = maps.TX_TARGETS + k
 
 
 def _class_index(name: str, classes: list[str]) -> int:
@@ -97,7 +130,7 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     port = port or model.input.get("port") or model_file.DEFAULT_PORT
     if peer == iface:
         raise UsageError(f"--peer {peer}: the peer must be another interface")
-    acts = parse_actions(list(actions), model.classes, bool(peer))
+    acts = parse_actions(list(actions), model.classes)
     ensure_bpffs()
     pdir = pin_dir(iface, ns)
     if os.path.exists(pdir):
@@ -113,6 +146,7 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
             if bpf_sys.xdp_prog_id(i):
                 raise AttachError(f"{name}: another XDP program is already attached "
                                   f"(id {bpf_sys.xdp_prog_id(i)}); detach it first")
+        targets = redirect_targets(model.classes, acts, ["count"] * len(acts), iface, peer, ns)
 
     prog = compile.build(model)
     with ExitStack() as undo:
@@ -120,13 +154,12 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         cfg = maps.Config(active_slot=0, udp_port=port)
         cfg.ifindex[0] = idx[0]
         cfg.ifindex[1] = idx[1] if peer else 0
-        for k, a in enumerate(acts):
-            cfg.action[k] = a
+        config_actions(cfg, acts)
         compile.write_config(prog.maps["nn_config"], cfg)
         record = {"iface": iface, "peer": peer, "netns": ns, "xdp_mode": xdp_mode,
                   "input": model.mode, "port": port if model.mode == "payload" else None,
                   "model": model_summary(model, model_path),
-                  "actions": {c: maps.ACTIONS[a] for c, a in zip(model.classes, acts)},
+                  "actions": dict(zip(model.classes, acts)),
                   "prog_id": bpf_sys.prog_info(prog.prog_fd).id,
                   "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_record(prog.maps["nn_meta"], record)
@@ -134,11 +167,12 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
             # DEVMAP entries resolve ifindexes in the caller's namespace.
             for slot, i in enumerate(idx):
                 bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i), "nn_tx_port")
+            write_redirects(prog.maps["nn_tx_port"], targets)
 
         os.makedirs(pdir)
         undo.callback(remove_pins, pdir)
         bpf_sys.pin(prog.prog_fd, f"{pdir}/prog")
-        for name in PINNED_MAPS:
+        for name in maps.MAP_NAMES:
             bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
 
         with netns(ns):
@@ -227,7 +261,7 @@ class Pinned:
         self.fds: dict[str, int] = {}
 
     def __enter__(self):
-        for name in ("prog",) + PINNED_MAPS:
+        for name in ("prog",) + maps.MAP_NAMES:
             path = f"{self.dir}/{name}"
             if os.path.exists(path):
                 self.fds[name] = bpf_sys.get_pinned(path)
@@ -291,14 +325,21 @@ def status() -> list[dict]:
 
 
 def stats(iface: str, ns: str | None) -> dict:
-    """Counter totals since attach, named."""
+    """Counters since attach, named: totals, and under "ingress" the counts of
+    each interface packets arrived on (IFACE, and the peer if there is one)."""
     with Pinned(iface, ns) as p:
-        c = compile.read_counters(p.fds["nn_counters"])
-        classes = p.record["model"]["classes"]
-    return {"iface": iface, "netns": ns, "time": time.time(),
-            "classes": {name: int(c["class_packets"][k]) for k, name in enumerate(classes)},
-            "input": {name: int(v) for name, v in zip(maps.INPUT_RESULTS, c["input"])},
-            "verdict": {name: int(v) for name, v in zip(maps.VERDICTS, c["verdict"])}}
+        sides = [compile.read_counters(p.fds["nn_counters"], s) for s in range(maps.SIDES)]
+        rec = p.record
+    classes = rec["model"]["classes"]
+
+    def named(c):
+        return {"classes": {name: int(c["class_packets"][k]) for k, name in enumerate(classes)},
+                "input": {name: int(v) for name, v in zip(maps.INPUT_RESULTS, c["input"])},
+                "verdict": {name: int(v) for name, v in zip(maps.VERDICTS, c["verdict"])}}
+    total = {k: sum(c[k] for c in sides) for k in sides[0]}
+    return {"iface": iface, "netns": ns, "time": time.time(), **named(total),
+            "ingress": {name: named(c) for name, c in zip((rec["iface"], rec.get("peer")), sides)
+                        if name}}
 
 
 def swap(iface: str, ns: str | None, model_path: str) -> dict:
@@ -327,11 +368,8 @@ def set_options(iface: str, ns: str | None, actions: list[str], port: int | None
         rec = p.record
         classes = rec["model"]["classes"]
         cfg = compile.read_config(p.fds["nn_config"])
-        current = [maps.ACTIONS.index(rec["actions"][c]) for c in classes]
-        new = parse_actions(actions, classes, bool(rec.get("peer")))
-        for k, c in enumerate(classes):
-            explicit = any(s.partition("=")[0] in (c, str(k), "all") for s in actions)
-            cfg.action[k] = new[k] if explicit else current[k]
+        current = [rec["actions"][c] for c in classes]
+        new = parse_actions(actions, classes, current)
         if port is not None:
             if rec["input"] != "payload":
                 raise UsageError(f"--port: {iface} runs in headers mode, which has no port")
@@ -339,7 +377,17 @@ def set_options(iface: str, ns: str | None, actions: list[str], port: int | None
                 raise UsageError(f"--port {port}: expected 1..65535")
             cfg.udp_port = port
             rec["port"] = port
+        # A class's slot is filled before its action says redirect, and
+        # emptied after it stops saying so: no packet meets an empty slot.
+        with netns(ns):
+            write_redirects(p.fds["nn_tx_port"],
+                            redirect_targets(classes, new, current, rec["iface"], rec.get("peer"),
+                                             ns))
+        config_actions(cfg, new)
         compile.write_config(p.fds["nn_config"], cfg)
-        rec["actions"] = {c: maps.ACTIONS[cfg.action[k]] for k, c in enumerate(classes)}
+        for k, action in enumerate(new):
+            if not action.startswith("redirect:"):
+                bpf_sys.map_delete(p.fds["nn_tx_port"], maps.TX_TARGETS + k, "nn_tx_port")
+        rec["actions"] = dict(zip(classes, new))
         write_record(p.fds["nn_meta"], rec)
     return rec

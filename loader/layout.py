@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from xdpnn.bpf.shared import INPUT_MODES as INPUT_MODE_IDS  # NN_INPUT_* of the header
 from xdpnn.trainer.model import Model
-
-INPUT_MODE_IDS = {"payload": 0, "headers": 1}  # NN_INPUT_* in bpf/xdpnn_shared.h
 
 
 def words(n_bits: int) -> int:

@@ -1,8 +1,10 @@
-"""Map value layouts from bpf/xdpnn_shared.h, for processes that open pinned
-maps without compiling (stats, swap, set, detach).
+"""The maps of bpf/xdpnn.c as processes that open pinned maps without
+compiling (stats, swap, set, detach) see them: their names, and ctypes
+mirrors of the value structs in bpf/xdpnn_shared.h.
 
+Sizes and enum names come from the header itself (bpf/shared.py), and
 compile.check_layouts() compares each mirror with the type BCC compiled
-from the header, at every build, so the two cannot drift apart silently.
+from it, at every build, so the two cannot drift apart silently.
 """
 from __future__ import annotations
 
@@ -10,17 +12,17 @@ import ctypes
 
 import numpy as np
 
-from xdpnn.trainer.features import INPUT_RESULTS  # enum nn_input_result, in order
+from xdpnn.bpf.shared import (ACTIONS, INPUT_RESULTS, MAX_CLASSES, META_BYTES,  # noqa: F401
+                              SIDES, TX_SLOTS, TX_TARGETS, VERDICTS)
 
-MAX_CLASSES = 64  # NN_MAX_CLASSES
-ACTIONS = ("count", "pass", "drop", "redirect")  # enum nn_action, in order
-VERDICTS = ("aborted", "drop", "pass", "tx", "redirect")  # XDP action codes
-META_BYTES = 16384
+# The maps a build hands out and an attach pins, by the names in bpf/xdpnn.c.
+MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
 
 
 class Config(ctypes.Structure):
     _fields_ = [("active_slot", ctypes.c_uint32), ("udp_port", ctypes.c_uint32),
-                ("ifindex", ctypes.c_uint32 * 2), ("action", ctypes.c_uint8 * MAX_CLASSES)]
+                ("ifindex", ctypes.c_uint32 * 2), ("action", ctypes.c_uint8 * MAX_CLASSES),
+                ("tx_slot", ctypes.c_uint8 * MAX_CLASSES)]
 
 
 class Counters(ctypes.Structure):
@@ -33,7 +35,7 @@ MIRRORS = {"nn_config": Config, "nn_counters": Counters}
 
 
 def sum_counters(raw: bytes, n_cpus: int) -> dict[str, np.ndarray]:
-    """Per-CPU counter values (as read from the map) summed over CPUs."""
+    """One entry's per-CPU counter values (as read from the map) summed over CPUs."""
     # Per-CPU values are laid out one per CPU, each rounded up to 8 bytes.
     per_cpu = np.frombuffer(raw, "<u8").reshape(n_cpus, -1).sum(axis=0)
     a, b = len(INPUT_RESULTS), len(VERDICTS)

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 say() { echo "setup: $*"; }
-PKGS="python3-bpfcc libbpf1 python3-pyroute2 iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant"
+PKGS="python3-bpfcc libbpf1 python3-pyroute2 python3-prometheus-client iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant"
 if [ "${1:-}" = --packages ]; then
 	echo "$PKGS"
 	exit 0

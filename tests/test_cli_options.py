@@ -37,6 +37,7 @@ def bases(tmp, ns):
                                       "--out": str(tmp / "t.npz")}),
         "bench": ([], ["bench"], [], {"--model": missing, "--quick": None}),
         "demo": ([], ["demo"], [], {"--model": missing}),
+        "exporter": (["-n", ns], ["exporter"], ["lo"], {"--listen": "127.0.0.1:1"}),
     }
 
 

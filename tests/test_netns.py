@@ -6,7 +6,13 @@ test's own, with real packets through it.
 import itertools
 import json
 import os
+import signal
+import socket
 import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +27,7 @@ from xdpnn.trainer.model import random_model  # noqa: E402
 from xdpnn.traffic import packets  # noqa: E402
 from xdpnn.traffic.sender import Capture, send_frames  # noqa: E402
 from xdpnn.traffic.sink import Sink  # noqa: E402
-from xdpnn.traffic.topology import Topology  # noqa: E402
+from xdpnn.traffic.topology import Topology, ip  # noqa: E402
 
 PORT = 9595
 _ids = itertools.count()
@@ -42,6 +48,34 @@ def topology(drop=False):
                 yield t
             finally:  # whatever the test did, nothing of xdpnn may outlive it
                 xdpnn("-n", t.dut, "detach", "d0", check=False)
+
+
+@contextmanager
+def monitor_port(t):
+    """A third veth pair, dut [m0] <-> [m1] monitor, and a counting program on
+    m1: a redirect into m0 needs an XDP program on m0's peer."""
+    mon = f"{t.dut}-mon"
+    ip("netns", "add", mon)
+    try:
+        ip("netns", "exec", mon, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+           "net.ipv6.conf.default.disable_ipv6=1")
+        ip("link", "add", "m0", "netns", t.dut, "type", "veth", "peer", "name", "m1",
+           "netns", mon)
+        ip("-n", t.dut, "link", "set", "m0", "up")
+        ip("-n", mon, "link", "set", "m1", "up")
+        with Sink(mon, "m1") as sink:
+            yield sink
+    finally:
+        ip("netns", "del", mon, check=False)
+
+
+def wait_count(sink, n, max_seconds=3.0):
+    """The sink's packet count once it reaches n (delivery is asynchronous)."""
+    deadline = time.monotonic() + max_seconds
+    while sink.counts()[0] < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # and nothing more arrives
+    return sink.counts()[0]
 
 
 @pytest.fixture
@@ -215,3 +249,142 @@ def test_stats_interval_prints_samples_with_rates(topo, model_file):
     assert all(set(s["rates"]) == {"classes", "input", "verdict"} for s in samples)
     text = xdpnn("-n", topo.dut, "stats", "d0", "0.1", "1").stdout
     assert "pkt/s" in text and "class0" in text
+
+
+def test_redirect_sends_a_class_out_of_its_target_with_or_without_a_peer(topo, model_file):
+    model, path = model_file()
+    bits, frames = requests(model, 60, seed=10)
+    classes = reference.predict(model, bits)
+    victim = int(np.bincount(classes).argmax())
+    name, n_victim = model.classes[victim], int((classes == victim).sum())
+    others = [f for f, c in zip(frames, classes) if c != victim]
+    attach = ("-n", topo.dut, "attach", "d0", "--model", path)
+    with monitor_port(topo) as mon:
+        r = xdpnn(*attach, "--peer", "d1", "--action", f"{name}=redirect", check=False)
+        assert r.returncode == 2 and f"{name}=redirect:IFACE" in r.stderr
+        for target, code in (("d0", 2), ("d1", 2), ("nope0", 5)):
+            r = xdpnn(*attach, "--peer", "d1", "--action", f"{name}=redirect:{target}",
+                      check=False)
+            assert r.returncode == code and target in r.stderr, r.stderr
+            assert not xdp_attached(topo.dut, "d0") and not pin_dir(topo).exists()
+
+        xdpnn(*attach, "--peer", "d1", "--action", f"{name}=redirect:m0")
+        rec = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut]
+        assert rec[0]["actions"][name] == "redirect:m0"
+        assert f"{name}=redirect:m0" in xdpnn("status").stdout
+        with Capture(topo.sink, "s0") as cap:
+            assert send_frames(topo.gen, "g0", frames) == 60
+            assert cap.collect(60, max_seconds=2) == others  # the default path
+        assert wait_count(mon, n_victim) == n_victim
+        s = stats(topo)
+        assert s["verdict"]["redirect"] == 60 and sum(s["verdict"].values()) == 60
+        assert s["classes"][name] == n_victim
+
+        # Without a peer the others go to the stack; set turns redirect on and off.
+        xdpnn("-n", topo.dut, "detach", "d0")
+        xdpnn(*attach)
+        r = xdpnn("-n", topo.dut, "set", "d0", "--action", f"{name}=redirect", check=False)
+        assert r.returncode == 2 and "redirect:IFACE" in r.stderr
+        xdpnn("-n", topo.dut, "set", "d0", "--action", f"{name}=redirect:m0")
+        send_frames(topo.gen, "g0", frames)
+        assert wait_count(mon, 2 * n_victim) == 2 * n_victim
+        s = stats(topo)
+        assert (s["verdict"]["redirect"], s["verdict"]["pass"]) == (n_victim, 60 - n_victim)
+        xdpnn("-n", topo.dut, "set", "d0", "--action", f"{name}=count")
+        send_frames(topo.gen, "g0", frames)
+        assert wait_count(mon, 2 * n_victim + 1, max_seconds=0.5) == 2 * n_victim
+        assert stats(topo)["verdict"]["pass"] == 120 - n_victim
+        assert topo.sink_counter.counts()[0] == 60 - n_victim  # only the first, forwarded
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def exporter(*args):
+    """`xdpnn ... exporter` on a free loopback port; yields (process, port)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "xdpnn.loader.cli", *args, "--listen",
+                             f"127.0.0.1:{port}"], cwd=cli.ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the exporter never listened"
+                time.sleep(0.1)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def scrape(port):
+    """{(metric, labels): value} from one HTTP GET of /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_exporter_serves_the_counters_of_each_direction(topo, model_file):
+    model, path = model_file()
+    xdpnn("-n", topo.dut, "attach", "d0", "--peer", "d1", "--model", path,
+          "--action", f"{model.classes[1]}=drop")
+    _, forth = requests(model, 200, seed=11)
+    _, back = requests(model, 101, seed=12)
+    def send():  # in bursts, so that scrapes fall while traffic flows
+        for k in range(0, 200, 20):
+            send_frames(topo.gen, "g0", forth[k:k + 20])
+            time.sleep(0.05)
+        send_frames(topo.sink, "s0", back)
+
+    with exporter("-n", topo.dut, "exporter", "d0") as (proc, port):
+        sender = threading.Thread(target=send)
+        sender.start()
+        during = []
+        while sender.is_alive():
+            during.append(scrape(port))
+        sender.join()
+        deadline = time.monotonic() + 5
+        while sum(stats(topo)["input"].values()) < 301 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got, s = scrape(port), stats(topo)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+    at = {"iface": "d0", "netns": topo.dut}
+    classified = tuple(sorted({**at, "ingress": "d0", "result": "classified"}.items()))
+    seen = [d.get(("xdpnn_input_packets_total", classified), 0) for d in during]
+    assert during and seen == sorted(seen) and seen[-1] <= 200
+    assert {i: sum(c["input"].values()) for i, c in s["ingress"].items()} == \
+        {"d0": 200, "d1": 101}
+    for ingress, c in s["ingress"].items():
+        for group, metric, label in (("classes", "xdpnn_class_packets_total", "class"),
+                                     ("input", "xdpnn_input_packets_total", "result"),
+                                     ("verdict", "xdpnn_verdict_packets_total", "verdict")):
+            for name, v in c[group].items():
+                key = tuple(sorted({**at, "ingress": ingress, label: name}.items()))
+                assert got[(metric, key)] == v, (metric, key)
+    rec = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut][0]
+    info = [dict(k) for name, k in got if name == "xdpnn_model_info"]
+    assert info == [{**at, "shape": "256-32-16-4", "sha256": rec["model"]["sha256"],
+                     "slot": "0", "input": "payload", "path": path,
+                     "attached_at": rec["attached_at"]}]
+
+    # Without IFACE: every attached datapath; Ctrl-C stops it cleanly too.
+    with exporter("exporter") as (proc, port):
+        got = scrape(port)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    key = tuple(sorted({**at, "ingress": "d1", "result": "classified"}.items()))
+    assert got[("xdpnn_input_packets_total", key)] == s["ingress"]["d1"]["input"]["classified"]

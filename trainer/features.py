@@ -12,11 +12,8 @@ import struct
 
 import numpy as np
 
-# enum nn_input_result in bpf/xdpnn_shared.h, in order.
-INPUT_RESULTS = ("classified", "other", "non_ip", "ipv6", "vlan", "truncated", "malformed",
-                 "fragment", "short_payload")
-FEATURE_BYTES = 32    # the headers-mode record
-FEATURE_PAYLOAD = 16  # L4 payload bytes in the record
+# enum nn_input_result and the record's sizes, read from bpf/xdpnn_shared.h.
+from xdpnn.bpf.shared import FEATURE_BYTES, FEATURE_PAYLOAD, INPUT_RESULTS  # noqa: F401
 ETH_LEN = 14
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 
