@@ -5,7 +5,10 @@
 #     namespaces), iproute2 (the tests check state with it), venv, vagrant
 #     (the suite validates vagrant/Vagrantfile)
 #   kernel headers for BCC: linux-headers-$(uname -r), or a documented fallback
-#   .venv: a venv over Debian's python3 (it sees bcc), with xdpnn installed
+#   .venv: a venv over Debian's python3 (it sees bcc), with this checkout
+#     installed editable: what `make test` and `make demo` run
+#   /opt/xdpnn: a root-owned venv with a copy of xdpnn, behind
+#     /usr/local/bin/xdpnn (refreshed when the sources change)
 # With everything present it needs no network (the offline Vagrant box
 # relies on that).  `setup.sh --packages` prints the Debian packages.
 set -euo pipefail
@@ -71,16 +74,40 @@ if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
 	.venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
 	touch .venv/.installed
 fi
-.venv/bin/python -c "import bcc, numpy, scapy" || {
-	echo "setup: the venv cannot import bcc, numpy and scapy" >&2
+.venv/bin/python -c "import bcc, numpy, pyroute2, scapy" || {
+	echo "setup: the venv cannot import bcc, numpy, pyroute2 and scapy" >&2
 	exit 8
 }
 
 # --- the command on root's PATH ------------------------------------------------
+# `sudo xdpnn` runs as root, so it must run code only root can change: a copy
+# of this checkout installed into a root-owned venv, never a link into the
+# checkout, whose files whoever owns or can write them could edit.
+INSTALL=/opt/xdpnn
 LINK=/usr/local/bin/xdpnn
-if [ ! -e "$LINK" ] && [ ! -L "$LINK" ]; then
-	ln -s "$ROOT/.venv/bin/xdpnn" "$LINK"
-	say "linked $LINK -> $ROOT/.venv/bin/xdpnn"
-elif [ "$(readlink "$LINK")" != "$ROOT/.venv/bin/xdpnn" ]; then
-	say "$LINK belongs to another checkout or program; use $ROOT/.venv/bin/xdpnn"
+umask 022
+source_hash=$(find bpf loader trainer traffic models pyproject.toml -type f \
+	! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+if [ "$(cat "$INSTALL/source-hash" 2>/dev/null)" != "$source_hash" ]; then
+	say "installing a copy of xdpnn into $INSTALL (root-owned) for $LINK"
+	[ -x "$INSTALL/venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$INSTALL/venv"
+	wheels=$(mktemp -d)
+	.venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+		-w "$wheels" . >/dev/null
+	# Dependencies first (a no-op once present), then this checkout's code.
+	"$INSTALL/venv/bin/python" -m pip install -q --disable-pip-version-check "$wheels"/xdpnn-*.whl
+	"$INSTALL/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+		--force-reinstall "$wheels"/xdpnn-*.whl
+	rm -rf "$wheels"
+	echo "$source_hash" > "$INSTALL/source-hash"
+fi
+target=$(readlink "$LINK" 2>/dev/null || true)
+if [ "$target" = "$INSTALL/venv/bin/xdpnn" ]; then
+	:
+elif [ ! -e "$LINK" ] && [ ! -L "$LINK" ] || [[ "$target" == */.venv/bin/xdpnn ]]; then
+	# (a link into a checkout's .venv is what earlier set-ups made)
+	ln -sfn "$INSTALL/venv/bin/xdpnn" "$LINK"
+	say "linked $LINK -> $INSTALL/venv/bin/xdpnn"
+else
+	say "$LINK belongs to another program; use $INSTALL/venv/bin/xdpnn"
 fi

@@ -27,7 +27,7 @@ from xdpnn.trainer.model import random_model  # noqa: E402
 from xdpnn.traffic import packets  # noqa: E402
 from xdpnn.traffic.sender import Capture, send_frames  # noqa: E402
 from xdpnn.traffic.sink import Sink  # noqa: E402
-from xdpnn.traffic.topology import Topology, ip  # noqa: E402
+from xdpnn.traffic.topology import Topology  # noqa: E402
 
 PORT = 9595
 _ids = itertools.count()
@@ -55,18 +55,10 @@ def monitor_port(t):
     """A third veth pair, dut [m0] <-> [m1] monitor, and a counting program on
     m1: a redirect into m0 needs an XDP program on m0's peer."""
     mon = f"{t.dut}-mon"
-    ip("netns", "add", mon)
-    try:
-        ip("netns", "exec", mon, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-           "net.ipv6.conf.default.disable_ipv6=1")
-        ip("link", "add", "m0", "netns", t.dut, "type", "veth", "peer", "name", "m1",
-           "netns", mon)
-        ip("-n", t.dut, "link", "set", "m0", "up")
-        ip("-n", mon, "link", "set", "m1", "up")
-        with Sink(mon, "m1") as sink:
-            yield sink
-    finally:
-        ip("netns", "del", mon, check=False)
+    t.add_namespace(mon)
+    t.add_veth("m0", t.dut, "m1", mon)
+    with Sink(mon, "m1") as sink:
+        yield sink
 
 
 def wait_count(sink, n, max_seconds=3.0):

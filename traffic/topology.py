@@ -42,27 +42,36 @@ class Topology:
 
     def create(self) -> None:
         for ns in (self.gen, self.dut, self.sink):
-            # pyroute2 makes the namespace in a forked child: Ctrl-C waits
-            # until it exists and is listed for deletion (and never reaches
-            # the child, which would carry on as a copy of this process).
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            try:
-                pyroute2.netns.create(ns)
-                self.created.append(ns)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            with netns(ns):  # /proc/sys/net is that of the thread that opens it
-                for conf in ("all", "default"):
-                    Path(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6").write_text("1")
+            self.add_namespace(ns)
+        self.add_veth("g0", self.gen, "d0", self.dut, mac_a=packets.SRC_MAC)
+        self.add_veth("d1", self.dut, "s0", self.sink, mac_b=packets.DST_MAC)
+
+    def add_namespace(self, ns: str) -> None:
+        """A namespace with IPv6 off, deleted with the topology."""
+        # pyroute2 makes the namespace in a forked child: Ctrl-C waits until
+        # it exists and is listed for deletion (and never reaches the child,
+        # which would carry on as a copy of this process).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pyroute2.netns.create(ns)
+            self.created.append(ns)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        with netns(ns):  # /proc/sys/net is that of the thread that opens it
+            for conf in ("all", "default"):
+                Path(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6").write_text("1")
+
+    def add_veth(self, a: str, ns_a: str, b: str, ns_b: str, mac_a: str | None = None,
+                 mac_b: str | None = None) -> None:
+        """A veth pair a (in ns_a) <-> b (in ns_b), both up."""
+        def end(ns, mac):
+            return {"net_ns_fd": ns, **({"address": mac} if mac else {})}
         with IPRoute() as ipr:  # each end is made directly in its namespace
-            ipr.link("add", ifname="g0", net_ns_fd=self.gen, address=packets.SRC_MAC,
-                     kind="veth", peer={"ifname": "d0", "net_ns_fd": self.dut})
-            ipr.link("add", ifname="d1", net_ns_fd=self.dut, kind="veth",
-                     peer={"ifname": "s0", "net_ns_fd": self.sink, "address": packets.DST_MAC})
-        for ns, devs in ((self.gen, ["g0"]), (self.dut, ["d0", "d1"]), (self.sink, ["s0"])):
+            ipr.link("add", ifname=a, kind="veth", **end(ns_a, mac_a),
+                     peer={"ifname": b, **end(ns_b, mac_b)})
+        for ns, dev in ((ns_a, a), (ns_b, b)):
             with netns(ns), IPRoute() as ipr:
-                for dev in devs:
-                    ipr.link("set", index=ipr.link_lookup(ifname=dev)[0], state="up")
+                ipr.link("set", index=ipr.link_lookup(ifname=dev)[0], state="up")
 
     def destroy(self) -> None:
         """Deleting a namespace deletes its veth ends and their XDP programs."""
