@@ -84,7 +84,20 @@ def get_pinned(path: str) -> int:
     return _check(lib().bpf_obj_get(path.encode()), f"open pinned object {path}")
 
 
+# BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH, _PERCPU_CGROUP_STORAGE
+PERCPU_MAP_TYPES = {5, 6, 10, 21}
+
+
 def map_lookup(fd: int, key: int, value_size: int, what: str = "map") -> bytes:
+    """The value at key, which must be value_size bytes (for a per-CPU map, all
+    CPUs' values): the kernel writes the map's own size, whatever the buffer."""
+    info = map_info(fd)
+    size = info.value_size
+    if info.type in PERCPU_MAP_TYPES:
+        size = (size + 7) // 8 * 8 * possible_cpus()
+    if size != value_size:
+        raise BpfError(errno_mod.EINVAL, f"read {what}: its values are {size} bytes, expected "
+                                     f"{value_size} (made by another version of xdpnn?)")
     k = ctypes.c_uint32(key)
     buf = ctypes.create_string_buffer(value_size)
     _check(lib().bpf_map_lookup_elem(fd, ctypes.byref(k), buf), f"read {what}[{key}]")

@@ -50,3 +50,14 @@ def netns_name():
         yield name
     finally:
         pyroute2.netns.remove(name)
+
+
+@pytest.fixture
+def veth_pair(netns_name):
+    """xv0 <-> xv1, both ends in the test's own namespace; returns its name."""
+    from pyroute2 import IPRoute
+
+    from xdpnn.loader.netns import netns
+    with netns(netns_name), IPRoute() as ipr:
+        ipr.link("add", ifname="xv0", kind="veth", peer="xv1")
+    return netns_name

@@ -49,15 +49,6 @@ def ip(*args):
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture
-def veth_pair(netns_name):
-    """xv0 <-> xv1, both ends in the test's namespace."""
-    from pyroute2 import IPRoute
-    with netns(netns_name), IPRoute() as ipr:
-        ipr.link("add", ifname="xv0", kind="veth", peer="xv1")
-    return netns_name
-
-
 @root
 def test_link_of_finds_the_other_end_only_in_the_same_namespace(veth_pair):
     from xdpnn.loader.datapath import link_of
