@@ -342,6 +342,9 @@ def cmd_predict(args):
         if len(f) < 14:  # the kernel refuses to test-run less than an Ethernet header
             raise UsageError(f"frame {i}: {len(f)} bytes, shorter than an Ethernet header "
                              "(14 bytes)")
+        if len(f) > testrun.MAX_FRAME:
+            raise UsageError(f"frame {i}: {len(f)} bytes; predict runs frames of up to "
+                             f"{testrun.MAX_FRAME} bytes (one page of BPF_PROG_TEST_RUN)")
     port = args.port or model.input.get("port") or DEFAULT_PORT
     prog = compile.build(model, record_input=True)
     rows = []

@@ -9,6 +9,7 @@ extracted, which `predict` shows beside the Python twin's.
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,12 @@ import numpy as np
 from xdpnn.loader import bpf_sys, compile, maps
 from xdpnn.trainer import features, reference
 from xdpnn.trainer.model import DEFAULT_PORT, Model
+
+# BPF_PROG_TEST_RUN puts an XDP frame in one page, after 256 bytes of
+# headroom and before the skb_shared_info (320 bytes on 64-bit kernels): a
+# longer frame would reach the program cut short, which no native XDP attach
+# shows it (veth refuses an MTU that large for a program like this one).
+MAX_FRAME = os.sysconf("SC_PAGESIZE") - 256 - 320
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pytest
 
 from cli import xdpnn
 from xdpnn.loader import datapath
+from xdpnn.loader.testrun import MAX_FRAME
 from xdpnn.trainer.model import load, random_model
 from xdpnn.traffic import packets
 
@@ -173,6 +174,8 @@ def test_predict_hex_matches_reference(model_file):
 @pytest.mark.parametrize("hex_,names", [
     ("0011", ["predict", "frame 0", "2 bytes"]),
     ("zz", ["predict", "--hex", "not hexadecimal"]),
+    ("00" * (MAX_FRAME + 1), ["predict", "frame 0", f"{MAX_FRAME + 1} bytes",
+                              f"up to {MAX_FRAME} bytes"]),
 ])
 def test_predict_bad_frames_exit_2(model_file, hex_, names):
     assert_error(xdpnn("predict", "--model", model_file, "--hex", hex_), 2, *names)

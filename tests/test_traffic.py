@@ -71,3 +71,39 @@ def test_pcap_round_trip(tmp_path):
     frames = [f for _, f, _ in packets.crafted_cases(PORT, 32) if len(f) >= 14]
     packets.write_pcap(str(tmp_path / "cases.pcap"), frames)
     assert packets.read_pcap(str(tmp_path / "cases.pcap")) == frames
+
+
+def test_pcaps_keep_every_byte_of_frames_scapy_would_rewrite(tmp_path):
+    """IGMP without options: scapy, re-serialising it, inserts a router-alert
+    option without fixing IHL and lengths.  Frames must come back as sent."""
+    eth = packets.mac_bytes(packets.DST_MAC) + packets.mac_bytes(packets.SRC_MAC) + b"\x08\x00"
+    ip = bytes.fromhex("4500001c00000000010200" "00c6120001e0000016")  # proto 2, no options
+    igmp = bytes.fromhex("16000000e0000016")  # a v2 membership report
+    frames = [eth + ip + igmp, bytes(14), b"\xff" * 1514]
+    packets.write_pcap(str(tmp_path / "x.pcap"), frames)
+    assert packets.read_pcap(str(tmp_path / "x.pcap")) == frames
+
+
+def test_raw_ip_captures_get_an_ethernet_header_and_other_link_types_are_refused(tmp_path):
+    from scapy.utils import RawPcapWriter
+    ip4 = packets.request(bytes(32), PORT)[14:]
+    ip6 = bytes([0x60]) + bytes(39)
+
+    def capture(name, linktype, frames):
+        w = RawPcapWriter(str(tmp_path / name), linktype=linktype)
+        for f in frames:
+            w.write(f)
+        w.close()
+        return str(tmp_path / name)
+
+    eth = packets.mac_bytes(packets.DST_MAC) + packets.mac_bytes(packets.SRC_MAC)
+    assert packets.read_pcap(capture("raw.pcap", 101, [ip4, ip6])) == \
+        [eth + b"\x08\x00" + ip4, eth + b"\x86\xdd" + ip6]
+    assert packets.read_pcap(capture("raw.pcap", 101, [ip4]))[0] == \
+        packets.request(bytes(32), PORT)
+    cooked = bytes(14) + b"\x08\x00" + ip4  # Linux cooked capture (tcpdump -i any)
+    assert packets.read_pcap(capture("sll.pcap", 113, [cooked])) == [eth + b"\x08\x00" + ip4]
+    with pytest.raises(ValueError, match="link type 105"):
+        packets.read_pcap(capture("wifi.pcap", 105, [ip4]))
+    with pytest.raises(ValueError, match="IP version 0"):
+        packets.read_pcap(capture("bad.pcap", 101, [bytes(20)]))

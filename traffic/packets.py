@@ -11,7 +11,7 @@ logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, ICMP, IPv6, Raw, raw  # noqa: E402
 from scapy.data import DLT_EN10MB  # noqa: E402
-from scapy.utils import rdpcap, wrpcap  # noqa: E402
+from scapy.utils import RawPcapReader, RawPcapWriter  # noqa: E402
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 SRC_IP, DST_IP = "198.18.0.1", "198.18.0.2"
@@ -28,14 +28,60 @@ def request(payload: bytes, port: int, src_mac: str = SRC_MAC, dst_mac: str = DS
     return raw(Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / udp / Raw(payload))
 
 
+# Link types read_pcap takes (pcap-linktype numbers), and how far their own
+# header reaches and where its EtherType is (None: raw IP, from the version).
+LINK_TYPES = {DLT_EN10MB: "Ethernet", 101: "raw IP", 228: "raw IPv4", 229: "raw IPv6",
+              113: "Linux cooked", 276: "Linux cooked v2"}
+_COOKED = {113: (16, 14), 276: (20, 0)}
+
+
 def read_pcap(path: str) -> list[bytes]:
-    """The frames of a pcap file, as bytes."""
-    return [bytes(p) for p in rdpcap(path)]
+    """The frames of a pcap or pcapng file, byte for byte as captured.
+
+    Raw packets are never parsed and re-serialised (scapy would change some,
+    such as IGMP with router-alert options).  Raw-IP and Linux cooked
+    captures get an Ethernet header (SRC_MAC -> DST_MAC, the packet's
+    EtherType), as a veth would deliver them; other link types are refused.
+    """
+    frames = []
+    with RawPcapReader(path) as reader:
+        for data, meta in reader:
+            linktype = getattr(meta, "linktype", None)
+            frames.append(as_ethernet(bytes(data), reader.linktype if linktype is None
+                                      else linktype, len(frames)))
+    return frames
+
+
+def as_ethernet(data: bytes, linktype: int, index: int = 0) -> bytes:
+    if linktype == DLT_EN10MB:
+        return data
+    if linktype not in LINK_TYPES:
+        raise ValueError(f"frame {index}: link type {linktype} (xdpnn reads "
+                         f"{', '.join(sorted(LINK_TYPES.values()))} captures)")
+    if linktype in _COOKED:
+        header, at = _COOKED[linktype]
+        ethertype, data = data[at:at + 2], data[header:]
+    else:
+        version = data[0] >> 4 if data else 0
+        if version not in (4, 6):
+            raise ValueError(f"frame {index}: raw IP packet of IP version {version}")
+        ethertype = b"\x08\x00" if version == 4 else b"\x86\xdd"
+    return mac_bytes(DST_MAC) + mac_bytes(SRC_MAC) + ethertype + data
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
 
 
 def write_pcap(path: str, frames: list[bytes]) -> None:
-    """Writes frames as an Ethernet pcap file."""
-    wrpcap(path, [Ether(f) for f in frames], linktype=DLT_EN10MB)
+    """Writes frames, byte for byte, as an Ethernet pcap file."""
+    writer = RawPcapWriter(path, linktype=DLT_EN10MB, sync=True)
+    try:
+        writer.write_header(None)  # a file with no frames is still a pcap file
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.close()
 
 
 def crafted_cases(port: int, n_bytes: int) -> list[tuple[str, bytes, str]]:
