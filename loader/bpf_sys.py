@@ -15,10 +15,8 @@ from pathlib import Path
 
 from xdpnn.loader.errors import XdpnnError
 
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_REPLACE = 1 << 4
 XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
@@ -54,10 +52,11 @@ def lib():
             "bpf_map_lookup_elem": [ctypes.c_int, vp, vp],
             "bpf_map_update_elem": [ctypes.c_int, vp, vp, ctypes.c_uint64],
             "bpf_prog_test_run_opts": [ctypes.c_int, vp],
-            "bpf_xdp_attach": [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, vp],
             "bpf_xdp_query_id": [ctypes.c_int, ctypes.c_int, u32p],
             "bpf_obj_get_info_by_fd": [ctypes.c_int, vp, u32p],
             "bpf_prog_get_fd_by_id": [ctypes.c_uint32],
+            "bpf_link_create": [ctypes.c_int, ctypes.c_int, ctypes.c_int, vp],
+            "bpf_link_detach": [ctypes.c_int],
             "libbpf_num_possible_cpus": [],
         }.items():
             getattr(_lib, name).argtypes = args
@@ -142,29 +141,44 @@ def test_run(prog_fd: int, frame: bytes, repeat: int = 1, flags: int = 0,
     return opts.retval, opts.duration, data_out.raw[:opts.data_size_out]
 
 
-class AttachOpts(ctypes.Structure):
-    _fields_ = [("sz", ctypes.c_size_t), ("old_prog_fd", ctypes.c_int)]
+BPF_XDP = 37  # enum bpf_attach_type
 
 
-def xdp_attach(ifindex: int, prog_fd: int, mode: str, ifname: str) -> None:
-    """Attaches, refusing to replace a program that is already there."""
-    flags = XDP_FLAGS_UPDATE_IF_NOEXIST | XDP_MODE_FLAGS[mode]
-    ret = lib().bpf_xdp_attach(ifindex, prog_fd, flags, None)
+class LinkCreateOpts(ctypes.Structure):
+    """struct bpf_link_create_opts, up to the flags: libbpf reads no further than sz."""
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32)]
+
+
+def xdp_link(ifindex: int, prog_fd: int, mode: str, ifname: str) -> int:
+    """Attaches through a BPF link and returns the link's fd.  The link owns
+    the attachment wherever the interface goes: detaching it (or dropping
+    its last reference, fd or pin) removes the program from that interface,
+    even after the interface moved to another network namespace."""
+    opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=XDP_MODE_FLAGS[mode])
+    ret = lib().bpf_link_create(prog_fd, ifindex, BPF_XDP, ctypes.byref(opts))
     if ret == -errno_mod.EBUSY or ret == -errno_mod.EEXIST:
         raise BpfError(errno_mod.EBUSY, f"attach XDP to {ifname}: another XDP program is "
                                         "already attached (see `ip link show`)")
     if ret == -errno_mod.EOPNOTSUPP and mode == "native":
         raise BpfError(errno_mod.EOPNOTSUPP, f"attach XDP to {ifname}: its driver has no native "
                                              "XDP; use --xdp-mode generic")
-    _check(ret, f"attach XDP ({mode}) to {ifname}")
+    return _check(ret, f"attach XDP ({mode}) to {ifname}")
 
 
-def xdp_detach(ifindex: int, prog_fd: int, mode: str, ifname: str) -> None:
-    """Detaches our program only: fails if another one replaced it."""
-    opts = AttachOpts(sz=ctypes.sizeof(AttachOpts), old_prog_fd=prog_fd)
-    flags = XDP_FLAGS_REPLACE | XDP_MODE_FLAGS[mode]
-    _check(lib().bpf_xdp_attach(ifindex, -1, flags, ctypes.byref(opts)),
-           f"detach XDP from {ifname}")
+def link_detach(link_fd: int, what: str) -> None:
+    _check(lib().bpf_link_detach(link_fd), f"detach {what}")
+
+
+class LinkInfo(ctypes.Structure):
+    """struct bpf_link_info (UAPI) for an XDP link: the union starts at 16."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("xdp_ifindex", ctypes.c_uint32)]
+
+
+def link_info(fd: int) -> LinkInfo:
+    """xdp_ifindex is 0 once the interface is gone (its link is then defunct)."""
+    return obj_info(fd, LinkInfo, "link")
 
 
 def xdp_prog_id(ifindex: int) -> int:

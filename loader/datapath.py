@@ -22,6 +22,8 @@ from xdpnn.loader.netns import check_ifname, check_netns_name, ifindex, netns
 from xdpnn.trainer import model as model_file
 
 BPFFS = "/sys/fs/bpf"
+# The BPF links that own the XDP attachments, on the interface and its peer.
+LINK_PINS = ("link", "peer_link")
 PIN_ROOT = f"{BPFFS}/xdpnn"
 
 
@@ -176,12 +178,15 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
             bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
 
         with netns(ns):
-            for name, i in zip(ifaces, idx):
+            for pin, name, i in zip(LINK_PINS, ifaces, idx):
                 try:
-                    bpf_sys.xdp_attach(i, prog.prog_fd, xdp_mode, name)
+                    link = bpf_sys.xdp_link(i, prog.prog_fd, xdp_mode, name)
                 except bpf_sys.BpfError as e:
                     raise AttachError(str(e)) from None
-                undo.callback(_detach_in, ns, i, prog.prog_fd, xdp_mode, name)
+                try:  # from here the pin owns the attachment; remove_pins undoes it
+                    bpf_sys.pin(link, f"{pdir}/{pin}")
+                finally:
+                    os.close(link)
         undo.pop_all()
     prog.close()  # the pins and the attachments hold the program now
     return record
@@ -201,11 +206,6 @@ def link_of(ifname: str) -> str | None:
         except NetlinkError:
             return None
         return peer.get_attr("IFLA_IFNAME")
-
-
-def _detach_in(ns, idx, prog_fd, xdp_mode, name):
-    with netns(ns):
-        bpf_sys.xdp_detach(idx, prog_fd, xdp_mode, name)
 
 
 def load_model(path: str) -> model_file.Model:
@@ -237,7 +237,13 @@ def read_record(pdir: str) -> dict:
         raw = bpf_sys.map_lookup(fd, 0, maps.META_BYTES, "nn_meta")
     finally:
         os.close(fd)
-    return json.loads(raw.rstrip(b"\0") or b"{}")
+    try:
+        record = json.loads(raw.rstrip(b"\0") or b"{}")
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise StateError(f"{pdir}/nn_meta: not an xdpnn attach record")
+    return record
 
 
 def remove_pins(pdir: str) -> None:
@@ -250,6 +256,19 @@ def remove_pins(pdir: str) -> None:
         pass  # other datapaths are still attached
 
 
+class _Required(dict):
+    """A dict whose missing keys are a StateError: what an interrupted attach
+    or detach leaves is reported, never a traceback."""
+
+    def __init__(self, what: str, items=()):
+        super().__init__(items)
+        self.what = what
+
+    def __missing__(self, key):
+        raise StateError(f"{self.what} has no {key} (an attach or detach was interrupted?): "
+                         "`xdpnn detach` removes what is left")
+
+
 class Pinned:
     """Opens an attached datapath's pins; use as a context manager."""
 
@@ -258,14 +277,15 @@ class Pinned:
         if not os.path.isdir(self.dir):
             raise StateError(f"{iface}{' in netns ' + ns if ns else ''}: xdpnn is not attached "
                              f"(no {self.dir}; see `xdpnn status`)")
-        self.fds: dict[str, int] = {}
+        self.fds = _Required(f"{iface}: the pin folder {self.dir}")
 
     def __enter__(self):
         for name in ("prog",) + maps.MAP_NAMES:
             path = f"{self.dir}/{name}"
             if os.path.exists(path):
                 self.fds[name] = bpf_sys.get_pinned(path)
-        self.record = read_record(self.dir) if "nn_meta" in self.fds else {}
+        self.record = _Required(f"{self.dir}: the attach record",
+                                read_record(self.dir) if "nn_meta" in self.fds else {})
         return self
 
     def __exit__(self, *exc):
@@ -274,24 +294,29 @@ class Pinned:
 
 
 def detach(iface: str, ns: str | None) -> dict:
-    """Detaches from the interface and its peer, then removes the pins."""
+    """Detaches the links of the interface and its peer, then removes the pins.
+
+    The pinned links own the attachments, so this works wherever the
+    interfaces are now (moved to another namespace, or gone); if a link
+    cannot be detached, the pins stay and the error says why.
+    """
     ensure_bpffs()
     report = {"iface": iface, "netns": ns, "detached": [], "skipped": []}
     with Pinned(iface, ns) as p:
-        rec = p.record
-        prog_id = bpf_sys.prog_info(p.fds["prog"]).id if "prog" in p.fds else None
-        for name in [rec.get("iface", iface)] + ([rec["peer"]] if rec.get("peer") else []):
+        names = [p.record.get("iface", iface), p.record.get("peer", "the peer")]
+        for pin, name in zip(LINK_PINS, names):
+            if not os.path.exists(f"{p.dir}/{pin}"):
+                continue  # no peer, or an attach killed before it got here
+            fd = bpf_sys.get_pinned(f"{p.dir}/{pin}")
             try:
-                with netns(ns):
-                    i = ifindex(name, ns)
-                    current = bpf_sys.xdp_prog_id(i)
-                    if current and current == prog_id:
-                        bpf_sys.xdp_detach(i, p.fds["prog"], rec.get("xdp_mode", "native"), name)
-                        report["detached"].append(name)
-                    else:
-                        report["skipped"].append(f"{name}: xdpnn not attached there")
-            except AttachError as e:  # interface or namespace gone
-                report["skipped"].append(str(e))
+                gone = bpf_sys.link_info(fd).xdp_ifindex == 0
+                bpf_sys.link_detach(fd, f"XDP link of {name}")
+            finally:
+                os.close(fd)
+            if gone:
+                report["skipped"].append(f"{name}: the interface is gone")
+            else:
+                report["detached"].append(name)
     remove_pins(p.dir)
     return report
 
@@ -304,24 +329,27 @@ def status() -> list[dict]:
     for entry in sorted(os.listdir(PIN_ROOT)):
         iface, _, ns = entry.partition("@")
         try:
-            with Pinned(iface, ns or None) as p:
-                rec = dict(p.record)
-                prog_id = bpf_sys.prog_info(p.fds["prog"]).id
-                cfg = compile.read_config(p.fds["nn_config"])
+            out.append(_status_of(iface, ns or None))
         except (OSError, ValueError, XdpnnError) as e:
             out.append({"iface": iface, "netns": ns or None, "state": f"broken: {e}"})
-            continue
-        rec["active_slot"] = cfg.active_slot
+    return out
+
+
+def _status_of(iface: str, ns: str | None) -> dict:
+    with Pinned(iface, ns) as p:
+        rec = p.record
+        prog_id = bpf_sys.prog_info(p.fds["prog"]).id
+        slot = compile.read_config(p.fds["nn_config"]).active_slot
+        rec["model"]  # noqa: B018  (a record without it is reported as broken)
         live = []
         for name in [rec["iface"]] + ([rec["peer"]] if rec.get("peer") else []):
             try:
-                with netns(ns or None):
+                with netns(ns):
                     live.append(bpf_sys.xdp_prog_id(ifindex(name, ns)) == prog_id)
             except (AttachError, bpf_sys.BpfError):
                 live.append(False)
-        rec["state"] = "attached" if all(live) else "stale (interface gone or replaced)"
-        out.append(rec)
-    return out
+    return {**rec, "active_slot": slot,
+            "state": "attached" if all(live) else "stale (interface gone or replaced)"}
 
 
 def stats(iface: str, ns: str | None) -> dict:

@@ -8,6 +8,7 @@ variants can alternate in one run.
 from __future__ import annotations
 
 import ctypes
+import os
 from contextlib import contextmanager
 
 from xdpnn.loader import bpf_sys, compile, maps
@@ -41,18 +42,15 @@ def build(model: Model, ns: str, ports: tuple[str, str], udp_port: int,
 @contextmanager
 def attached(prog: compile.Program, ns: str, ports: tuple[str, str]):
     """prog on both ports of ns for the block; detached on every exit path."""
-    done = []
+    links = []
     try:
         with netns(ns):
             for p in ports:
-                i = ifindex(p, ns)
-                bpf_sys.xdp_attach(i, prog.prog_fd, XDP_MODE, p)
-                done.append((i, p))
+                links.append(bpf_sys.xdp_link(ifindex(p, ns), prog.prog_fd, XDP_MODE, p))
         yield
     finally:
-        with netns(ns):
-            for i, p in done:
-                bpf_sys.xdp_detach(i, prog.prog_fd, XDP_MODE, p)
+        for link in links:  # closing a link's last reference detaches it
+            os.close(link)
 
 
 def counters(prog: compile.Program) -> dict:

@@ -1,6 +1,7 @@
 """A counting XDP program (bpf/sink.c) on a topology's outer veth ends."""
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 from xdpnn.loader import bpf_sys
@@ -20,8 +21,7 @@ class Sink:
             self.bpf = BPF(text=SOURCE.read_text(), cflags=["-DSINK_DROP"] if drop else [])
         self.fn = self.bpf.load_func("sink", BPF.XDP)
         with netns(ns):
-            self.ifindex = ifindex(iface, ns)
-            bpf_sys.xdp_attach(self.ifindex, self.fn.fd, "native", iface)
+            self.link = bpf_sys.xdp_link(ifindex(iface, ns), self.fn.fd, "native", iface)
 
     def counts(self) -> tuple[int, int]:
         """(packets, bytes) since attach."""
@@ -29,11 +29,7 @@ class Sink:
         return int(sum(t[0])), int(sum(t[1]))
 
     def close(self) -> None:
-        try:
-            with netns(self.ns):
-                bpf_sys.xdp_detach(self.ifindex, self.fn.fd, "native", self.iface)
-        except Exception:
-            pass  # the namespace is already gone, and the program with it
+        os.close(self.link)  # its last reference: the program comes off the interface
         self.bpf.cleanup()
 
     def __enter__(self):
