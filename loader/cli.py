@@ -470,7 +470,7 @@ def cmd_model_show(args):
 
 
 @command("send", "send requests with random inputs, or a pcap's frames, from an interface "
-                 "(low rate, bounded)", f"""
+                 "(low rate, bounded)", """
   sudo xdpnn -n gen send g0 --count 23                 23 random 32-byte requests
   sudo xdpnn -n gen send g0 --count 1000 --bytes 98 --port 9696
   sudo xdpnn -n gen send g0 --pcap captured.pcap""", options=[

@@ -68,7 +68,7 @@ PIPE_CLOSED = 141  # the reader of the output went away, as a shell reports SIGP
 def exit_code_list() -> list[tuple[int, str]]:
     """(code, meaning) for every exit code the command returns."""
     return ([(0, "success")]
-            + [(cls.exit_code, _lower_first(cls.__doc__.split(" (")[0].rstrip("."))) for cls in ERRORS]
+            + [(c.exit_code, _lower_first(c.__doc__.split(" (")[0].rstrip("."))) for c in ERRORS]
             + [(INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"),
                (PIPE_CLOSED, "the output pipe was closed (as with `| head`)")])
 

@@ -11,8 +11,9 @@ runs its netlink socket in a forked helper process, so nothing of this process
 /proc/self/ns/net, the main thread's namespace, on one stack for the whole
 process (and 0.9 forks to open the target).  With other threads running (the
 bench's generator and receivers), a thread would come back to another
-thread's namespace, and forking a threaded process is unsafe.  setns(2) on the calling thread, undone
-from its own /proc/thread-self, touches no other thread.  A netlink socket
+thread's namespace, and forking a threaded process is unsafe.  setns(2) on
+the calling thread, undone from its own /proc/thread-self, touches no other
+thread.  A netlink socket
 (pyroute2's IPRoute) opened inside `netns()` stays in that namespace.
 """
 from __future__ import annotations

@@ -153,3 +153,25 @@ def test_help_lists_every_exit_code(capsys):
     for name, c in cli.COMMANDS.items():
         code, o, _ = run(capsys, name.split() + ["--help"])
         assert code == 0 and "examples:" in o and c.help.split()[0] in o
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_stats_json_is_the_same_with_j_before_or_after(veth_pair, tmp_path, capsys):
+    from xdpnn.trainer.model import random_model
+    path = tmp_path / "m.npz"
+    random_model([100, 7, 3], seed=4).save(path)
+    assert run(capsys, ["-n", veth_pair, "attach", "xv0", "--model", str(path)])[0] == 0
+    try:
+        outputs = []
+        for argv in (["-j", "-n", veth_pair, "stats", "xv0"],
+                     ["stats", "xv0", "-j", "-n", veth_pair],
+                     ["-n", veth_pair, "stats", "-j", "xv0"]):
+            code, o, e = run(capsys, argv)
+            assert code == 0, e
+            s = json.loads(o)
+            del s["time"]
+            outputs.append(s)
+        assert outputs[0] == outputs[1] == outputs[2]
+    finally:
+        assert run(capsys, ["-n", veth_pair, "detach", "xv0"])[0] == 0
