@@ -314,7 +314,7 @@ def detach(iface: str, ns: str | None) -> dict:
             finally:
                 os.close(fd)
             if gone:
-                report["skipped"].append(f"{name}: the interface is gone")
+                report["skipped"].append(f"{name}: already detached, or the interface is gone")
             else:
                 report["detached"].append(name)
     remove_pins(p.dir)
