@@ -8,13 +8,11 @@ fails, so a failed `attach` leaves the system as it was.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import subprocess
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 from xdpnn.loader import bpf_sys, compile, maps
 from xdpnn.loader.errors import AttachError, MissingFeatureError, StateError, UsageError, XdpnnError
@@ -112,9 +110,10 @@ def _class_index(name: str, classes: list[str]) -> int:
 
 
 def model_summary(model: model_file.Model, path: str) -> dict:
-    return {"path": os.path.abspath(path), "sha256": hashlib.sha256(Path(path).read_bytes())
-            .hexdigest(), "shape": model.shape, "classes": model.classes,
-            "input": model.input, "provenance": model.provenance}
+    """For the attach record.  The hash is that of the bytes the model was
+    parsed from: reading the path again might find another file."""
+    return {"path": os.path.abspath(path), "sha256": model.sha256, "shape": model.shape,
+            "classes": model.classes, "input": model.input, "provenance": model.provenance}
 
 
 def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str | None = None,
@@ -209,6 +208,7 @@ def link_of(ifname: str) -> str | None:
 
 
 def load_model(path: str) -> model_file.Model:
+    """The validated model; its sha256 is that of the bytes it was parsed from."""
     from xdpnn.loader.errors import ModelFileError
     try:
         return model_file.load(path)

@@ -8,6 +8,7 @@ minute, so the limit is wide.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +17,22 @@ ROOT = Path(__file__).resolve().parent.parent
 HANG_GUARD_S = 1800
 
 
-def xdpnn(*args, check: bool = False, user: int | None = None) -> subprocess.CompletedProcess:
-    """Runs `xdpnn ARGS`; with check, a non-zero exit fails the test with stderr."""
-    def drop_privileges():
-        os.setgid(user)
-        os.setuid(user)
+def xdpnn(*args, check: bool = False, user: int | None = None, memory_limit: int | None = None,
+          timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
+    """Runs `xdpnn ARGS`; with check, a non-zero exit fails the test with stderr.
+
+    memory_limit caps the child's address space (RLIMIT_AS, bytes): past it,
+    allocations fail instead of the machine swapping."""
+    def preexec():
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        if user is not None:
+            os.setgid(user)
+            os.setuid(user)
 
     r = subprocess.run([sys.executable, "-m", "xdpnn.loader.cli", *map(str, args)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=HANG_GUARD_S,
-                       preexec_fn=drop_privileges if user is not None else None)
+                       capture_output=True, text=True, timeout=timeout,
+                       preexec_fn=preexec if user is not None or memory_limit else None)
     if check and r.returncode != 0:
         raise AssertionError(f"xdpnn {' '.join(map(str, args))} exited {r.returncode}: {r.stderr}")
     return r

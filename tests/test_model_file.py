@@ -1,6 +1,7 @@
 """Tier 1: the model file (trainer/model.py) and its map layout (loader/layout.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -359,6 +360,35 @@ def test_object_array_is_rejected_not_executed(tmp_path, name):
     with np.load(path, allow_pickle=True) as z:  # the payload is real: pickles run it
         z[name][0].close()
     assert marker.exists()
+
+
+# --- read once: the hash names the bytes that were parsed -------------------
+
+def test_model_sha256_is_that_of_the_bytes_parsed(tmp_path):
+    path = tmp_path / "m.npz"
+    random_model([100, 7, 3], seed=1).save(path)
+    assert load(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert random_model([100, 7, 3], seed=1).sha256 == ""  # made in memory
+
+
+def test_attach_record_names_the_model_loaded_not_the_file_now(tmp_path):
+    """The file may change between the load and the record (a retrain
+    writing it); the record must name what was loaded."""
+    from xdpnn.loader import datapath
+
+    path = tmp_path / "m.npz"
+    random_model([100, 7, 3], seed=1).save(path)
+    loaded = hashlib.sha256(path.read_bytes()).hexdigest()
+    model = datapath.load_model(path)
+    random_model([100, 7, 3], seed=2).save(path)
+    assert datapath.model_summary(model, path)["sha256"] == loaded
+
+
+def test_demo_model_loads():
+    from importlib import resources
+    with resources.as_file(resources.files("xdpnn.models") / "digits-default.npz") as path:
+        m = load(path)
+    assert m.shape == "256-128-10" and m.classes == [str(k) for k in range(10)]
 
 
 # --- loader/layout.py: the model as u64 words in a map value ----------------

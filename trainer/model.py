@@ -1,19 +1,27 @@
 """The model file: the one contract between the trainer and the datapath.
 
-A model file is a NumPy ``.npz`` archive (loaded with ``allow_pickle=False``:
-reading a model never runs code from it).  docs/model-format.md documents
-every field; this module reads, validates and writes it.
+A model file is a NumPy ``.npz`` archive.  It is read with bounds: the
+file is read once, and every size, dtype and shape is checked against the
+format's limits before the array behind it is read, so a hostile file costs
+no more memory and time than the largest legal one; pickles are never read.
+docs/model-format.md documents every field; this module reads, validates and
+writes it.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import math
+import os
+import stat
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy
 
 FORMAT = "xdpnn-bnn"
 VERSION = 1
@@ -31,6 +39,21 @@ BIAS_RANGE = (-(2**40), 2**40)
 INPUT_MODES = ("payload", "headers")
 DEFAULT_PORT = 9595
 
+# Limits of the file itself, all derived from the limits above: the loader
+# refuses anything larger before reading it.
+LARGEST_MODEL = [MAX_INPUT_BITS] + [MAX_HIDDEN_UNITS] * MAX_HIDDEN_LAYERS + [MAX_CLASSES]
+MAX_ARRAY_BYTES = (sum(o * -(-i // 8) for i, o in zip(LARGEST_MODEL, LARGEST_MODEL[1:]))
+                   + 8 * sum(LARGEST_MODEL[1:-1]) + 2 * 8 * MAX_CLASSES)  # 185,344
+MAX_HEADER_BYTES = 256 * 1024  # the JSON header; a 64-class training report is ~60 KB
+NPY_HEADER_BYTES = 4096  # one .npy member's own header (NumPy writes 128 bytes)
+MAX_FILE_BYTES = 4 * (MAX_ARRAY_BYTES + MAX_HEADER_BYTES)  # 1,789,952
+# Members are read (their .npy headers) before the header says which names to
+# expect, at most 12: a bound on that work, loose enough for a wrong layer count
+# to be reported as such.
+MAX_MEMBERS = 64
+MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this
+INT_DTYPES = ("|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8")  # t, out_scale, out_bias
+
 
 class ModelError(ValueError):
     """A model file or model that does not follow the format."""
@@ -38,8 +61,7 @@ class ModelError(ValueError):
 
 def check_layout(sizes: list[int], input_: dict) -> None:
     """The layer sizes and the input section, before any array is made."""
-    _check(isinstance(sizes, list) and all(isinstance(s, int) and not isinstance(s, bool)
-                                           for s in sizes),
+    _check(isinstance(sizes, list) and all(_is_int(s) for s in sizes),
            "layers", "a list of integers", sizes)
     _check(3 <= len(sizes) <= MAX_HIDDEN_LAYERS + 2, "layers",
            f"inputs, 1 to {MAX_HIDDEN_LAYERS} hidden layers, classes", sizes)
@@ -54,10 +76,13 @@ def check_layout(sizes: list[int], input_: dict) -> None:
                f"1..{MAX_HIDDEN_UNITS}", s)
     _check(2 <= sizes[-1] <= MAX_CLASSES, f"layers[{len(sizes) - 1}] (classes)",
            f"2..{MAX_CLASSES}", sizes[-1])
-    if mode == "payload":
-        port = input_.get("port", DEFAULT_PORT)
-        _check(isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535,
-               "input.port", "1..65535", port)
+    if "port" in input_:  # headers mode ignores it, but a port that is there is a port
+        port = input_["port"]
+        _check(_is_int(port) and 1 <= port <= 65535, "input.port", "1..65535", port)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -78,6 +103,8 @@ class Model:
     input: dict = field(default_factory=lambda: {"mode": "payload", "port": DEFAULT_PORT})
     classes: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    # sha256 of the file bytes this model was parsed from ("" if made in memory)
+    sha256: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self):
         if not self.classes:
@@ -115,6 +142,9 @@ class Model:
                and len(set(self.classes)) == len(self.classes),
                "classes", f"{sizes[-1]} distinct non-empty names", self.classes)
         _check(isinstance(self.provenance, dict), "provenance", "an object", self.provenance)
+        # `status -j` and the attach record print it: it must stay valid JSON.
+        _check(_strict_json(self.provenance), "provenance", "JSON without NaN or Infinity",
+               self.provenance)
         return self
 
     def save(self, path: str | Path) -> None:
@@ -143,6 +173,14 @@ def _short(v) -> str:
     return s if len(s) <= 80 else s[:77] + "..."
 
 
+def _strict_json(v) -> bool:
+    try:
+        json.dumps(v, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
 def _check_ints(a, name, shape, bounds):
     _check(isinstance(a, np.ndarray) and a.shape == shape, name, f"shape {shape}",
            getattr(a, "shape", type(a).__name__))
@@ -154,58 +192,237 @@ def _check_ints(a, name, shape, bounds):
 
 
 def load(path: str | Path) -> Model:
-    """Reads and validates a model file; ModelError names the file and field."""
+    """Reads and validates a model file; ModelError names the file and field.
+
+    The file is read once, and those bytes are both parsed and hashed:
+    ``Model.sha256`` names exactly the bytes the model came from.
+    """
     path = Path(path)
     try:
-        return _load(path)
+        return loads(read_file(path))
     except ModelError as e:
         raise ModelError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file") from None
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError, zlib.error,
-            RuntimeError) as e:  # zipfile: unsupported or "encrypted" entries
-        raise ModelError(f"{path}: not an xdpnn model file ({e})") from None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, zlib.error, RuntimeError,
+            NotImplementedError) as e:  # zipfile: unsupported or "encrypted" entries
+        raise ModelError(f"{path}: not an xdpnn model file ({_first_line(e)})") from None
 
 
-def _load(path: Path) -> Model:
-    z = np.load(path, allow_pickle=False)
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ModelError("not an xdpnn model file (a single .npy array, not an .npz archive)")
-    with z:
-        arrays = {k: z[k] for k in z.files}
-    _check("header" in arrays, "header", "a JSON header array", sorted(arrays))
-    try:
-        header = json.loads(arrays.pop("header").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"field 'header': expected JSON, got an error: {e}") from None
-    _check(isinstance(header, dict), "header", "a JSON object", type(header).__name__)
-    _check(header.get("format") == FORMAT, "format", repr(FORMAT), header.get("format"))
-    _check(header.get("version") == VERSION, "version", VERSION, header.get("version"))
-    sizes = header.get("layers")
-    _check(isinstance(sizes, list) and len(sizes) >= 3 and all(isinstance(s, int) and s > 0
-                                                               for s in sizes),
-           "layers", "a list of at least 3 positive integers", sizes)
-    n_layers = len(sizes) - 1
-    expected = {f"w{l}" for l in range(n_layers)} | {f"t{l}" for l in range(n_layers - 1)} \
-        | {"out_scale", "out_bias"}
-    _check(set(arrays) == expected, "arrays", sorted(expected), sorted(arrays))
+def _first_line(e: Exception) -> str:
+    lines = str(e).splitlines()  # the CLI reports errors as one line
+    return lines[0] if lines else type(e).__name__
 
-    weights = []
-    for l in range(n_layers):
-        packed = arrays[f"w{l}"]
-        want = (sizes[l + 1], (sizes[l] + 7) // 8)
-        _check(packed.dtype == np.uint8 and packed.shape == want, f"w{l}",
-               f"packed uint8 of shape {want}", f"{packed.dtype} {packed.shape}")
-        bits = np.unpackbits(packed, axis=1)
-        _check(not bits[:, sizes[l]:].any(), f"w{l}", "zero padding bits past the inputs",
-               "ones")
-        weights.append(np.ascontiguousarray(bits[:, :sizes[l]]))
+
+def _refuse(why: str):
+    raise ModelError(f"not an xdpnn model file ({why})")
+
+
+FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device",
+              stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES.
+
+    The kind is checked before the open (opening a FIFO waits for a writer,
+    opening a device may act on it) and again on the opened descriptor, in
+    case the path was replaced in between; O_NONBLOCK keeps that open from
+    waiting.
+    """
+    before = os.stat(path)
+    _check_regular(before)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            _refuse("the file was replaced while being opened")
+        _check_regular(st)
+        data = f.read(MAX_FILE_BYTES + 1)  # the file may have grown since the fstat
+    _check_size(len(data))
+    return data
+
+
+def _check_regular(st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        _refuse(f"{FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}, "
+                "not a regular file")
+    _check_size(st.st_size)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        _refuse(f"more than {MAX_FILE_BYTES:,} bytes, the limit for the largest legal model")
+
+
+def loads(data: bytes) -> Model:
+    """Parses and validates a model file's bytes."""
+    if data.startswith(npy.MAGIC_PREFIX):
+        _refuse("a single .npy array, not an .npz archive")
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        members = _members(z)
+        _check("header" in members, "header", "a JSON header array", sorted(members))
+        header = _header(z, members.pop("header"))
+        sizes = header["layers"]
+        n_layers = len(sizes) - 1
+        ints = {f"t{l}": sizes[l + 1] for l in range(n_layers - 1)}
+        ints.update(out_scale=sizes[-1], out_bias=sizes[-1])
+        expected = {f"w{l}" for l in range(n_layers)} | set(ints)
+        _check(set(members) == expected, "arrays", sorted(expected), sorted(members))
+        weights = [_weights(z, members[f"w{l}"], f"w{l}", sizes[l], sizes[l + 1])
+                   for l in range(n_layers)]
+        arrays = {name: _ints(z, members[name], name, n) for name, n in ints.items()}
     model = Model(sizes=sizes, weights=weights,
                   thresholds=[arrays[f"t{l}"] for l in range(n_layers - 1)],
                   out_scale=arrays["out_scale"], out_bias=arrays["out_bias"],
-                  input=header.get("input"), classes=header.get("classes"),
-                  provenance=header.get("provenance", {}))
+                  input=header["input"], classes=header.get("classes"),
+                  provenance=header.get("provenance", {}),
+                  sha256=hashlib.sha256(data).hexdigest())
     return model.validate()
+
+
+# --- the archive: every size, dtype and shape is checked before data is read --
+
+@dataclass
+class _Member:
+    """A .npy member of the archive, as its zip entry and .npy header say."""
+    info: zipfile.ZipInfo
+    dtype: np.dtype
+    shape: tuple
+    fortran_order: bool
+    offset: int  # where the array's bytes start
+
+
+def _members(z: zipfile.ZipFile) -> dict[str, _Member]:
+    """Array name -> member, from the zip directory and each member's .npy header."""
+    infos = z.infolist()
+    _check(len(infos) <= MAX_MEMBERS, "arrays", f"at most {MAX_MEMBERS} arrays",
+           f"{len(infos)} members")
+    names = [i.filename.removesuffix(".npy") for i in infos]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    # zipfile and np.load would silently use the last of two same-named members.
+    _check(not twice, "arrays", "each array once", f"{twice} more than once")
+    return {name: _member(z, info, name) for name, info in zip(names, infos)}
+
+
+def _largest(name: str) -> int:
+    """Data bytes of the largest legal array of that name."""
+    if name[:1] == "w":
+        return MAX_HIDDEN_UNITS * MAX_INPUT_BITS // 8
+    if name[:1] == "t":
+        return 8 * MAX_HIDDEN_UNITS
+    if name in ("out_scale", "out_bias"):
+        return 8 * MAX_CLASSES
+    return MAX_HEADER_BYTES  # the header, and names refused once the header is read
+
+
+def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _Member:
+    member = repr(info.filename)
+    _check(info.filename.endswith(".npy"), "arrays", ".npy members", info.filename)
+    if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        _refuse(f"member {member}: encrypted, or compressed with method {info.compress_type}; "
+                "expected stored or deflate")
+    limit = NPY_HEADER_BYTES + _largest(name)
+    _check(info.file_size <= limit, name, f"at most {limit:,} bytes",
+           f"{info.file_size:,} bytes uncompressed")
+    if info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
+        _refuse(f"member {member}: {info.compress_size:,} bytes claim to hold "
+                f"{info.file_size:,}, more than deflate can compress")
+    with z.open(info) as f:
+        try:
+            version = npy.read_magic(f)
+        except ValueError:
+            _refuse(f"member {member} is not a .npy array")
+        if version not in ((1, 0), (2, 0)):
+            _refuse(f"member {member}: .npy version {version}, expected 1.0 or 2.0")
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        try:
+            shape, fortran_order, dtype = read_header(f, max_header_size=NPY_HEADER_BYTES)
+        except ValueError as e:
+            _refuse(f"member {member}: bad .npy header: {_first_line(e)}")
+        offset = f.tell()
+    if dtype.hasobject:  # such an array is a pickle: refused here, never read
+        _refuse(f"member {member} holds Python objects, which model files never do")
+    return _Member(info, dtype, shape, fortran_order, offset)
+
+
+def _data(z: zipfile.ZipFile, m: _Member, name: str) -> np.ndarray:
+    """The array, once its dtype and shape are checked: the member holds
+    exactly the bytes the shape needs, and no more are read."""
+    nbytes = m.dtype.itemsize * int(np.prod(m.shape))
+    _check(m.info.file_size == m.offset + nbytes, name,
+           f"{m.offset + nbytes:,} bytes (.npy header and data)", f"{m.info.file_size:,}")
+    with z.open(m.info) as f:
+        f.seek(m.offset)
+        raw = f.read(nbytes)  # reading to the member's end also checks its CRC
+    _check(len(raw) == nbytes, name, f"{nbytes:,} data bytes", f"{len(raw):,}")
+    order = "F" if m.fortran_order else "C"
+    return np.frombuffer(raw, m.dtype).reshape(m.shape, order=order).copy()
+
+
+def _weights(z: zipfile.ZipFile, m: _Member, name: str, n_in: int, n_out: int) -> np.ndarray:
+    want = (n_out, (n_in + 7) // 8)
+    _check(m.dtype.str == "|u1" and m.shape == want, name, f"packed uint8 of shape {want}",
+           f"{m.dtype} {m.shape}")
+    bits = np.unpackbits(_data(z, m, name), axis=1)
+    _check(not bits[:, n_in:].any(), name, "zero padding bits past the inputs", "ones")
+    return np.ascontiguousarray(bits[:, :n_in])
+
+
+def _ints(z: zipfile.ZipFile, m: _Member, name: str, n: int) -> np.ndarray:
+    _check(m.dtype.str in INT_DTYPES and m.shape == (n,), name,
+           f"little-endian integers of shape {(n,)}", f"{m.dtype} {m.shape}")
+    return _data(z, m, name)
+
+
+# --- the JSON header ----------------------------------------------------------
+
+def _header(z: zipfile.ZipFile, m: _Member) -> dict:
+    """The header object, with the type of every field it holds checked."""
+    _check(m.dtype.str == "|u1" and len(m.shape) == 1 and 0 <= m.shape[0] <= MAX_HEADER_BYTES,
+           "header", f"a JSON header array (at most {MAX_HEADER_BYTES:,} uint8 bytes)",
+           f"{m.dtype} {m.shape}")
+    raw = _data(z, m, "header").tobytes()
+    try:
+        header = json.loads(raw.decode(), parse_constant=_no_constant, parse_float=_finite,
+                            object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting too deep
+        raise ModelError(f"field 'header': expected JSON, got an error: {_first_line(e)}"
+                         ) from None
+    _check(isinstance(header, dict), "header", "a JSON object", type(header).__name__)
+    _check(header.get("format") == FORMAT, "format", repr(FORMAT), header.get("format"))
+    version = header.get("version")
+    _check(_is_int(version) and version == VERSION, "version", VERSION, version)
+    sizes = header.get("layers")
+    _check(isinstance(sizes, list) and len(sizes) >= 3
+           and all(_is_int(s) and s > 0 for s in sizes),
+           "layers", "a list of at least 3 positive integers", sizes)
+    check_layout(sizes, header.get("input"))
+    if "classes" in header:  # absent means default names; anything else is checked
+        classes = header["classes"]
+        _check(isinstance(classes, list) and len(classes) == sizes[-1], "classes",
+               f"{sizes[-1]} distinct non-empty names", classes)
+    return header
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):  # 1e999 parses as inf
+        raise ValueError(f"number {text} is out of range")
+    return v
+
+
+def _unique_keys(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # json.loads would keep the last one
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup!r}")
+    return obj
 
 
 def random_model(sizes: list[int], seed: int = 0, mode: str = "payload",
