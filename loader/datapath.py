@@ -187,7 +187,7 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns) -> dict:
     prog = compile.build(model)
     with ExitStack() as undo:
         undo.callback(prog.close)
-        cfg = maps.Config(active_slot=0, udp_port=port)
+        cfg = maps.Config(udp_port=port)
         cfg.ifindex[0] = idx[0]
         cfg.ifindex[1] = idx[1] if peer else 0
         config_actions(cfg, acts)
@@ -353,13 +353,13 @@ def status() -> list[dict]:
             with Pinned(iface, ns or None) as p:
                 rec = dict(p.record)
                 prog_id = bpf_sys.prog_info(p.fds["prog"]).id
-                cfg = compile.read_config(p.fds["nn_config"])
+                model_map = compile.model_map_id(p.fds["nn_model"])
             if "iface" not in rec:
                 raise ValueError("no attach record (an attach under way, or one that died)")
         except (OSError, KeyError, ValueError, XdpnnError) as e:
             out.append({"iface": iface, "netns": ns or None, "state": f"broken: {e}"})
             continue
-        rec["active_slot"] = cfg.active_slot
+        rec["model_map_id"] = model_map
         live = []
         for name in [rec["iface"]] + ([rec["peer"]] if rec.get("peer") else []):
             try:
@@ -391,7 +391,8 @@ def stats(iface: str, ns: str | None) -> dict:
 
 
 def swap(iface: str, ns: str | None, model_path: str) -> dict:
-    """Writes a same-shape model into the idle slot, then makes it active."""
+    """Puts a same-shape model in force: a new inner map of nn_model, filled,
+    then put in place of the old one in one update (docs/datapath.md)."""
     new = load_model(model_path)
     with writer_lock(iface, ns), Pinned(iface, ns) as p:
         rec = p.record
@@ -402,12 +403,18 @@ def swap(iface: str, ns: str | None, model_path: str) -> dict:
         rec["model"] = model_summary(new, model_path)
         rec["actions"] = {c: a for c, a in zip(new.classes, rec["actions"].values())}
         record = encode_record(rec)
-        cfg = compile.read_config(p.fds["nn_config"])
-        slot = 1 - cfg.active_slot
-        compile.write_model(p.fds["nn_model"], new, slot)
-        cfg.active_slot = slot
-        compile.write_config(p.fds["nn_config"], cfg)
-        write_record(p.fds["nn_meta"], record)
+        outer = p.fds["nn_model"]
+        with ExitStack() as fds:
+            old_fd = bpf_sys.map_fd_by_id(compile.model_map_id(outer))
+            fds.callback(os.close, old_fd)
+            new_fd = compile.new_model_map(outer, new)
+            fds.callback(os.close, new_fd)
+            compile.put_model(outer, new_fd)
+            try:
+                write_record(p.fds["nn_meta"], record)
+            except BaseException:
+                compile.put_model(outer, old_fd)  # status must name the model in force
+                raise
     return rec
 
 
