@@ -34,9 +34,15 @@ struct nn_model_words {
 	__u64 w[NN_MODEL_WORDS];
 };
 
-/* The model, in two slots: the loader writes the idle slot, then flips
- * nn_config.active_slot, so a swap never shows a packet half a model. */
-BPF_ARRAY(nn_model, struct nn_model_words, 2);
+/* The model: nn_model[0] is an inner map whose one entry holds the model's
+ * words.  The loader never rewrites a model in force: a swap fills a new
+ * inner map, then replaces nn_model[0] in one update.  A packet looks up
+ * nn_model[0] once, so it runs one model from start to end; the kernel frees
+ * the old inner map after an RCU grace period, once no packet can hold it.
+ * nn_model_words is the inner maps' template (type, key and value sizes),
+ * and the first model's map. */
+BPF_ARRAY(nn_model_words, struct nn_model_words, 1);
+BPF_ARRAY_OF_MAPS(nn_model, "nn_model_words", 1);
 /* Port, actions, redirect slots and the forwarding pair; written by the loader. */
 BPF_ARRAY(nn_config, struct nn_config, 1);
 /* Counters per input result, verdict and class, one entry per ingress side;
@@ -123,8 +129,8 @@ int xdpnn(struct xdp_md *ctx)
 	}
 	c->input[NN_IN_CLASSIFIED]++;
 
-	__u32 slot = cfg->active_slot & 1;
-	struct nn_model_words *model = nn_model.lookup(&slot);
+	void *inner = nn_model.lookup(&zero);
+	struct nn_model_words *model = inner ? bpf_map_lookup_elem(inner, &zero) : NULL;
 	if (!model)
 		return verdict(c, forward(ctx, cfg));
 	const __u64 *m = model->w;

@@ -65,7 +65,6 @@ enum nn_verdict {
 
 /* Set by the loader, read by every packet.  Slot 0 of a one-entry array. */
 struct nn_config {
-	__u32 active_slot;           /* which weight slot inference reads (0/1) */
 	__u32 udp_port;              /* payload mode: UDP destination port */
 	__u32 ifindex[2];            /* forwarding pair; in on [i], out on devmap slot 1-i */
 	__u8 action[NN_MAX_CLASSES]; /* enum nn_action, per class */

@@ -57,6 +57,9 @@ def lib():
             "bpf_prog_get_fd_by_id": [ctypes.c_uint32],
             "bpf_link_create": [ctypes.c_int, ctypes.c_int, ctypes.c_int, vp],
             "bpf_link_detach": [ctypes.c_int],
+            "bpf_map_get_fd_by_id": [ctypes.c_uint32],
+            "bpf_map_create": [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                               ctypes.c_uint32, vp],
             "libbpf_num_possible_cpus": [],
         }.items():
             getattr(_lib, name).argtypes = args
@@ -107,6 +110,28 @@ def map_update(fd: int, key: int, value: bytes | ctypes.Structure, what: str = "
     k = ctypes.c_uint32(key)
     buf = ctypes.create_string_buffer(bytes(value), len(bytes(value)))
     _check(lib().bpf_map_update_elem(fd, ctypes.byref(k), buf, 0), f"write {what}[{key}]")
+
+
+class MapCreateOpts(ctypes.Structure):
+    """libbpf's struct bpf_map_create_opts (1.x), up to the fields we set."""
+    _fields_ = [("sz", ctypes.c_size_t), ("btf_fd", ctypes.c_uint32),
+                ("btf_key_type_id", ctypes.c_uint32), ("btf_value_type_id", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("map_extra", ctypes.c_uint64),
+                ("numa_node", ctypes.c_uint32), ("map_ifindex", ctypes.c_uint32)]
+
+
+def map_create_like(fd: int, name: str) -> int:
+    """A new, empty map of the same type, sizes and flags as map fd (what an
+    array of maps requires of the maps put in it)."""
+    info = map_info(fd)
+    opts = MapCreateOpts(sz=ctypes.sizeof(MapCreateOpts), map_flags=info.map_flags)
+    return _check(lib().bpf_map_create(info.type, name.encode(), info.key_size, info.value_size,
+                                       info.max_entries, ctypes.byref(opts)), f"create map {name}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(lib().bpf_map_get_fd_by_id(map_id), f"open map id {map_id}")
 
 
 def map_delete(fd: int, key: int, what: str = "map") -> None:

@@ -236,7 +236,7 @@ def cmd_status(args):
         acts = ", ".join(f"{c}={a}" for c, a in r["actions"].items() if a != "count")
         lines.append(f"{r['iface']}{peer}{ns}: {r['state']}, {r['xdp_mode']} mode, prog id "
                      f"{r['prog_id']}\n  model {r['model']['shape']} {r['model']['path']} "
-                     f"(sha256 {r['model']['sha256'][:12]}, slot {r['active_slot']})\n"
+                     f"(sha256 {r['model']['sha256'][:12]}, model map {r['model_map_id']})\n"
                      f"  input {r['input']}{port}; actions: {acts or 'count all'}")
     out(args, recs, "\n".join(lines))
 

@@ -94,7 +94,7 @@ def check_kernel_headers() -> None:
 
 
 def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = ()) -> Program:
-    """Compiles and loads the program for model, fills slot 0 with it."""
+    """Compiles and loads the program for model, puts the model in force."""
     BPF = import_bcc()
     check_kernel_headers()
     text, cflags = source_and_flags(model, record_input, defines)
@@ -128,7 +128,9 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
                    model=model, cflags=cflags, record_input=record_input)
     try:
         check_layouts(bpf)
-        write_model(prog.maps["nn_model"], model, slot=0)
+        inner = bpf["nn_model_words"].map_fd  # the template is the first model's map
+        fill_model(inner, model)
+        put_model(prog.maps["nn_model"], inner)
         # Ready to classify as built: the model's request port, all counts.
         write_config(prog.maps["nn_config"],
                      maps.Config(udp_port=model.input.get("port", DEFAULT_PORT)))
@@ -150,13 +152,49 @@ def check_layouts(bpf) -> None:
                              f"loader/maps.py has {want}")
 
 
-def write_model(map_fd: int, model: Model, slot: int) -> None:
+def fill_model(inner_fd: int, model: Model) -> None:
+    """Writes model into an inner map that no packet reads yet."""
     words = layout.model_words(model)
-    size = bpf_sys.map_info(map_fd).value_size
+    size = bpf_sys.map_info(inner_fd).value_size
     if size != words.nbytes:
-        raise BuildError(f"fill map nn_model: value size is {size} bytes, model {model.shape} "
-                         f"needs {words.nbytes}")
-    bpf_sys.map_update(map_fd, slot, words.tobytes(), "nn_model")
+        raise BuildError(f"fill map nn_model_words: value size is {size} bytes, model "
+                         f"{model.shape} needs {words.nbytes}")
+    bpf_sys.map_update(inner_fd, 0, words.tobytes(), "nn_model_words")
+
+
+def put_model(outer_fd: int, inner_fd: int) -> None:
+    """Puts an inner map in force: one update, atomic for packets."""
+    bpf_sys.map_update(outer_fd, 0, ctypes.c_uint32(inner_fd), "nn_model")
+
+
+def model_map_id(outer_fd: int) -> int:
+    """The id of the inner map in force (a new one after every swap)."""
+    return int.from_bytes(bpf_sys.map_lookup(outer_fd, 0, 4, "nn_model"), "little")
+
+
+def new_model_map(outer_fd: int, model: Model) -> int:
+    """A new inner map like the one in force, filled with model, not yet in
+    force; the caller closes the fd it returns."""
+    current = bpf_sys.map_fd_by_id(model_map_id(outer_fd))
+    try:
+        fd = bpf_sys.map_create_like(current, "nn_model_words")
+    finally:
+        os.close(current)
+    try:
+        fill_model(fd, model)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_model(outer_fd: int, model: Model) -> None:
+    """Puts model in force in place of the one there (tests; swap does it in steps)."""
+    fd = new_model_map(outer_fd, model)
+    try:
+        put_model(outer_fd, fd)
+    finally:
+        os.close(fd)
 
 
 def read_config(map_fd: int) -> maps.Config:

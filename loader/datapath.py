@@ -4,18 +4,25 @@ An attached datapath lives in bpffs under /sys/fs/bpf/xdpnn/<iface>[@<netns>]:
 the program, its maps and nn_meta, a map holding the attach record (JSON)
 that later commands read.  Every pin and attach is undone if a later step
 fails, so a failed `attach` leaves the system as it was.
+
+Commands that change a datapath (attach, detach, swap, set) hold its
+writer lock (writer_lock) from their first read to their last write, and
+validate everything before their first write: a failed command changes
+nothing, and two commands never interleave their read-modify-writes.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import subprocess
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 from xdpnn.loader import bpf_sys, compile, maps
-from xdpnn.loader.errors import AttachError, MissingFeatureError, StateError, UsageError, XdpnnError
+from xdpnn.loader.errors import (AttachError, MissingFeatureError, ModelFileError, StateError,
+                                 UsageError, XdpnnError)
 from xdpnn.loader.netns import check_ifname, check_netns_name, ifindex, netns
 from xdpnn.trainer import model as model_file
 
@@ -23,6 +30,7 @@ BPFFS = "/sys/fs/bpf"
 # The BPF links that own the XDP attachments, on the interface and its peer.
 LINK_PINS = ("link", "peer_link")
 PIN_ROOT = f"{BPFFS}/xdpnn"
+LOCK_DIR = "/run/xdpnn"
 
 
 def pin_dir(iface: str, ns: str | None) -> str:
@@ -30,6 +38,23 @@ def pin_dir(iface: str, ns: str | None) -> str:
     both names are checked to be names, never paths."""
     check_ifname(iface)
     return f"{PIN_ROOT}/{iface}@{check_netns_name(ns)}" if ns else f"{PIN_ROOT}/{iface}"
+
+
+@contextmanager
+def writer_lock(iface: str, ns: str | None):
+    """Holds the writer lock of iface in ns: an flock on LOCK_DIR/<pin folder
+    name>.lock.  A file outside bpffs, so attach can take it before the pin
+    folder exists, and detach while removing it; the kernel drops the lock
+    when its holder exits, however it exits.  Lock files stay (a few bytes
+    each): removing one would race with a process that just opened it."""
+    name = os.path.basename(pin_dir(iface, ns))  # validated: never a path
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    fd = os.open(f"{LOCK_DIR}/{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the command that holds it
+        yield
+    finally:
+        os.close(fd)
 
 
 def ensure_bpffs() -> None:
@@ -103,7 +128,7 @@ def config_actions(cfg: maps.Config, acts: list[str]) -> None:
 def _class_index(name: str, classes: list[str]) -> int:
     if name in classes:
         return classes.index(name)
-    if name.isdigit() and int(name) < len(classes):
+    if name.isascii() and name.isdigit() and int(name) < len(classes):
         return int(name)
     raise UsageError(f"action class '{name}': the model's classes are {', '.join(classes)} "
                      f"(or 0..{len(classes) - 1}, or 'all')")
@@ -128,11 +153,19 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         _validate(model, model_path)
     if port is not None and not 1 <= port <= 65535:
         raise UsageError(f"--port {port}: expected 1..65535")
+    if port is not None and model.mode == "headers":
+        raise UsageError(f"--port {port}: headers mode has no request port (it classifies "
+                         "every IPv4 packet)")
     port = port or model.input.get("port") or model_file.DEFAULT_PORT
     if peer == iface:
         raise UsageError(f"--peer {peer}: the peer must be another interface")
     acts = parse_actions(list(actions), model.classes)
     ensure_bpffs()
+    with writer_lock(iface, ns):
+        return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns)
+
+
+def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns) -> dict:
     pdir = pin_dir(iface, ns)
     if os.path.exists(pdir):
         raise StateError(f"{iface}: xdpnn is already attached ({pdir}); "
@@ -148,22 +181,23 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
                 raise AttachError(f"{name}: another XDP program is already attached "
                                   f"(id {bpf_sys.xdp_prog_id(i)}); detach it first")
         targets = redirect_targets(model.classes, acts, ["count"] * len(acts), iface, peer, ns)
+    record = {"iface": iface, "peer": peer, "netns": ns, "xdp_mode": xdp_mode,
+              "input": model.mode, "port": port if model.mode == "payload" else None,
+              "model": model_summary(model, model_path),
+              "actions": dict(zip(model.classes, acts)), "prog_id": 2**32 - 1,
+              "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    encode_record(record)  # before compiling: the widest prog_id, so it fits later too
 
     prog = compile.build(model)
     with ExitStack() as undo:
         undo.callback(prog.close)
-        cfg = maps.Config(active_slot=0, udp_port=port)
+        cfg = maps.Config(udp_port=port)
         cfg.ifindex[0] = idx[0]
         cfg.ifindex[1] = idx[1] if peer else 0
         config_actions(cfg, acts)
         compile.write_config(prog.maps["nn_config"], cfg)
-        record = {"iface": iface, "peer": peer, "netns": ns, "xdp_mode": xdp_mode,
-                  "input": model.mode, "port": port if model.mode == "payload" else None,
-                  "model": model_summary(model, model_path),
-                  "actions": dict(zip(model.classes, acts)),
-                  "prog_id": bpf_sys.prog_info(prog.prog_fd).id,
-                  "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_record(prog.maps["nn_meta"], record)
+        record["prog_id"] = bpf_sys.prog_info(prog.prog_fd).id
+        write_record(prog.maps["nn_meta"], encode_record(record))
         with netns(ns):
             # DEVMAP entries resolve ifindexes in the caller's namespace.
             for slot, i in enumerate(idx):
@@ -224,11 +258,21 @@ def _validate(model, path):
         raise ModelFileError(f"load model {path}: {e}") from None
 
 
-def write_record(meta_fd: int, record: dict) -> None:
+def encode_record(record: dict) -> bytes:
+    """The attach record as nn_meta stores it; refused if it does not fit.
+    Commands call it before their first write, so a record that does not
+    fit changes nothing."""
     data = json.dumps(record).encode()
     if len(data) >= maps.META_BYTES:
-        raise AttachError(f"attach record is {len(data)} bytes, nn_meta holds {maps.META_BYTES}")
-    bpf_sys.map_update(meta_fd, 0, data.ljust(maps.META_BYTES, b"\0"), "nn_meta")
+        prov = len(json.dumps(record["model"].get("provenance")))
+        raise ModelFileError(f"attach record of {record['model']['path']} would be {len(data)} "
+                             f"bytes, nn_meta holds {maps.META_BYTES - 1} (its provenance takes "
+                             f"{prov}): nothing changed")
+    return data.ljust(maps.META_BYTES, b"\0")
+
+
+def write_record(meta_fd: int, data: bytes) -> None:
+    bpf_sys.map_update(meta_fd, 0, data, "nn_meta")
 
 
 def read_record(pdir: str) -> dict:
@@ -301,6 +345,11 @@ def detach(iface: str, ns: str | None) -> dict:
     cannot be detached, the pins stay and the error says why.
     """
     ensure_bpffs()
+    with writer_lock(iface, ns):
+        return _detach(iface, ns)
+
+
+def _detach(iface: str, ns: str | None) -> dict:
     report = {"iface": iface, "netns": ns, "detached": [], "skipped": []}
     with Pinned(iface, ns) as p:
         names = [p.record.get("iface", iface), p.record.get("peer", "the peer")]
@@ -339,7 +388,7 @@ def _status_of(iface: str, ns: str | None) -> dict:
     with Pinned(iface, ns) as p:
         rec = p.record
         prog_id = bpf_sys.prog_info(p.fds["prog"]).id
-        slot = compile.read_config(p.fds["nn_config"]).active_slot
+        model_map = compile.model_map_id(p.fds["nn_model"])
         rec["model"]  # noqa: B018  (a record without it is reported as broken)
         live = []
         for name in [rec["iface"]] + ([rec["peer"]] if rec.get("peer") else []):
@@ -348,7 +397,7 @@ def _status_of(iface: str, ns: str | None) -> dict:
                     live.append(bpf_sys.xdp_prog_id(ifindex(name, ns)) == prog_id)
             except (AttachError, bpf_sys.BpfError):
                 live.append(False)
-    return {**rec, "active_slot": slot,
+    return {**rec, "model_map_id": model_map,
             "state": "attached" if all(live) else "stale (interface gone or replaced)"}
 
 
@@ -371,28 +420,36 @@ def stats(iface: str, ns: str | None) -> dict:
 
 
 def swap(iface: str, ns: str | None, model_path: str) -> dict:
-    """Writes a same-shape model into the idle slot, then makes it active."""
+    """Puts a same-shape model in force: a new inner map of nn_model, filled,
+    then put in place of the old one in one update (docs/datapath.md)."""
     new = load_model(model_path)
-    with Pinned(iface, ns) as p:
+    with writer_lock(iface, ns), Pinned(iface, ns) as p:
         rec = p.record
         old = rec["model"]
         if new.shape != old["shape"] or new.mode != rec["input"]:
             raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); the "
                              f"attached one is {old['shape']} ({rec['input']}): detach and attach")
-        cfg = compile.read_config(p.fds["nn_config"])
-        slot = 1 - cfg.active_slot
-        compile.write_model(p.fds["nn_model"], new, slot)
-        cfg.active_slot = slot
-        compile.write_config(p.fds["nn_config"], cfg)
         rec["model"] = model_summary(new, model_path)
         rec["actions"] = {c: a for c, a in zip(new.classes, rec["actions"].values())}
-        write_record(p.fds["nn_meta"], rec)
+        record = encode_record(rec)
+        outer = p.fds["nn_model"]
+        with ExitStack() as fds:
+            old_fd = bpf_sys.map_fd_by_id(compile.model_map_id(outer))
+            fds.callback(os.close, old_fd)
+            new_fd = compile.new_model_map(outer, new)
+            fds.callback(os.close, new_fd)
+            compile.put_model(outer, new_fd)
+            try:
+                write_record(p.fds["nn_meta"], record)
+            except BaseException:
+                compile.put_model(outer, old_fd)  # status must name the model in force
+                raise
     return rec
 
 
 def set_options(iface: str, ns: str | None, actions: list[str], port: int | None) -> dict:
     """Changes per-class actions and the request port of an attached datapath."""
-    with Pinned(iface, ns) as p:
+    with writer_lock(iface, ns), Pinned(iface, ns) as p:
         rec = p.record
         classes = rec["model"]["classes"]
         cfg = compile.read_config(p.fds["nn_config"])
@@ -405,17 +462,17 @@ def set_options(iface: str, ns: str | None, actions: list[str], port: int | None
                 raise UsageError(f"--port {port}: expected 1..65535")
             cfg.udp_port = port
             rec["port"] = port
-        # A class's slot is filled before its action says redirect, and
-        # emptied after it stops saying so: no packet meets an empty slot.
-        with netns(ns):
-            write_redirects(p.fds["nn_tx_port"],
-                            redirect_targets(classes, new, current, rec["iface"], rec.get("peer"),
-                                             ns))
+        rec["actions"] = dict(zip(classes, new))
+        record = encode_record(rec)
+        with netns(ns):  # the devmap resolves ifindexes in the caller's namespace
+            targets = redirect_targets(classes, new, current, rec["iface"], rec.get("peer"), ns)
+            # A class's slot is filled before its action says redirect, and
+            # emptied after it stops saying so: no packet meets an empty slot.
+            write_redirects(p.fds["nn_tx_port"], targets)
         config_actions(cfg, new)
         compile.write_config(p.fds["nn_config"], cfg)
         for k, action in enumerate(new):
             if not action.startswith("redirect:"):
                 bpf_sys.map_delete(p.fds["nn_tx_port"], maps.TX_TARGETS + k, "nn_tx_port")
-        rec["actions"] = dict(zip(classes, new))
-        write_record(p.fds["nn_meta"], rec)
+        write_record(p.fds["nn_meta"], record)
     return rec

@@ -48,7 +48,8 @@ class Collector:
             labels=LABELS + ["verdict"])
         model = core.InfoMetricFamily(
             "xdpnn_model", "The model a datapath runs",
-            labels=["iface", "netns", "shape", "sha256", "slot", "input", "path", "attached_at"])
+            labels=["iface", "netns", "shape", "sha256", "model_map_id", "input", "path",
+                    "attached_at"])
         attached = core.GaugeMetricFamily(
             "xdpnn_attach_time_seconds", "When the datapath was attached (Unix time)",
             labels=["iface", "netns"])
@@ -71,8 +72,9 @@ class Collector:
                     verdicts.add_metric(at + [name], v)
             m = rec["model"]
             model.add_metric([key[0], ns], {
-                "shape": m["shape"], "sha256": m["sha256"], "slot": str(rec["active_slot"]),
-                "input": rec["input"], "path": m["path"], "attached_at": rec["attached_at"]})
+                "shape": m["shape"], "sha256": m["sha256"],
+                "model_map_id": str(rec["model_map_id"]), "input": rec["input"],
+                "path": m["path"], "attached_at": rec["attached_at"]})
             attached.add_metric([key[0], ns], datetime.strptime(
                 rec["attached_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp())
         yield from (classes, inputs, verdicts, model, attached)

@@ -20,7 +20,7 @@ MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("active_slot", ctypes.c_uint32), ("udp_port", ctypes.c_uint32),
+    _fields_ = [("udp_port", ctypes.c_uint32),
                 ("ifindex", ctypes.c_uint32 * 2), ("action", ctypes.c_uint8 * MAX_CLASSES),
                 ("tx_slot", ctypes.c_uint8 * MAX_CLASSES)]
 

@@ -159,7 +159,7 @@ def test_swap_replaces_the_model_in_place(topo, model_file):
     assert list(stats(topo)["classes"].values()) == want.tolist()
     after = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut]
     assert before[0]["prog_id"] == after[0]["prog_id"]  # same program, not re-attached
-    assert (before[0]["active_slot"], after[0]["active_slot"]) == (0, 1)
+    assert before[0]["model_map_id"] != after[0]["model_map_id"]  # a new inner map
     assert after[0]["model"]["path"] == new_path
 
     _, other_shape = model_file(sizes=(128, 8, 4))
@@ -370,7 +370,7 @@ def test_exporter_serves_the_counters_of_each_direction(topo, model_file):
     rec = [r for r in json.loads(xdpnn("-j", "status").stdout) if r["netns"] == topo.dut][0]
     info = [dict(k) for name, k in got if name == "xdpnn_model_info"]
     assert info == [{**at, "shape": "256-32-16-4", "sha256": rec["model"]["sha256"],
-                     "slot": "0", "input": "payload", "path": path,
+                     "model_map_id": str(rec["model_map_id"]), "input": "payload", "path": path,
                      "attached_at": rec["attached_at"]}]
 
     # Without IFACE: every attached datapath; Ctrl-C stops it cleanly too.

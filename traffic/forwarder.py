@@ -30,7 +30,7 @@ def build(model: Model, ns: str, ports: tuple[str, str], udp_port: int,
             for slot, i in enumerate(idx):
                 bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i),
                                    "nn_tx_port")
-        cfg = maps.Config(active_slot=0, udp_port=udp_port)
+        cfg = maps.Config(udp_port=udp_port)
         cfg.ifindex[0], cfg.ifindex[1] = idx
         compile.write_config(prog.maps["nn_config"], cfg)
     except BaseException:
