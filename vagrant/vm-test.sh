@@ -15,7 +15,8 @@ TIMEOUT=${XDPNN_VM_TIMEOUT:-1500}
 # Under the emulator every BPF compile takes most of a minute, so the VM
 # runs what differs between kernels, one test of each kind: the verifier on
 # a small and the largest default shape, the parser twin, the counters, the
-# datapath on veth with forwarding, redirect and malformed frames, the shared
+# datapath on veth with forwarding, redirect and malformed frames, swaps
+# through a new inner map, detach through BPF links, the shared
 # header against the compiler, and the generators
 # (pktgen exists only here).  The host runs the whole suite.
 DEFAULT_ARGS="-q --durations=0 \
@@ -27,6 +28,8 @@ DEFAULT_ARGS="-q --durations=0 \
  tests/test_netns.py::test_malformed_frames_are_counted_by_reason_and_forwarded_untouched \
  tests/test_netns.py::test_headers_mode_classifies_all_ipv4_like_the_twin \
  tests/test_netns.py::test_swap_replaces_the_model_in_place \
+ tests/test_golden.py::test_swapped_in_model_is_the_one_run \
+ tests/test_detach.py::test_detach_after_the_interface_moved_to_another_namespace \
  tests/test_netns.py::test_redirect_sends_a_class_out_of_its_target_with_or_without_a_peer \
  tests/test_shared.py::test_parsed_values_are_what_the_compiler_sees \
  tests/test_traffic.py::test_live_frames_cycle_the_inputs_in_order \
