@@ -336,6 +336,14 @@ class Pinned:
         for fd in self.fds.values():
             os.close(fd)
 
+    def check_complete(self) -> None:
+        """Every pin and the attach record are there, or a StateError says what is not."""
+        missing = [n for n in ("prog",) + maps.MAP_NAMES if n not in self.fds]
+        missing += [] if "model" in self.record else ["the attach record"]
+        if missing:
+            raise StateError(f"{self.dir}: {', '.join(missing)} missing (an attach or detach "
+                             "was interrupted?): `xdpnn detach` removes what is left")
+
 
 def detach(iface: str, ns: str | None) -> dict:
     """Detaches the links of the interface and its peer, then removes the pins.
@@ -386,10 +394,10 @@ def status() -> list[dict]:
 
 def _status_of(iface: str, ns: str | None) -> dict:
     with Pinned(iface, ns) as p:
+        p.check_complete()
         rec = p.record
         prog_id = bpf_sys.prog_info(p.fds["prog"]).id
         model_map = compile.model_map_id(p.fds["nn_model"])
-        rec["model"]  # noqa: B018  (a record without it is reported as broken)
         live = []
         for name in [rec["iface"]] + ([rec["peer"]] if rec.get("peer") else []):
             try:
