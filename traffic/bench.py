@@ -158,7 +158,7 @@ def run(s: Settings) -> dict:
     try:
         base = {name: c.runners(m, baseline_inputs(m, payloads, s)) for name, m in named}
     finally:
-        c.close()  # the libraries stay loaded
+        c.close()  # deletes the library files; the loaded libraries stay mapped
     base_ns = {name: {b: [] for b in runners} for name, runners in base.items()}
 
     with Topology(f"xdpnn-bench-{os.getpid()}") as t:
