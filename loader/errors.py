@@ -30,7 +30,7 @@ class AttachError(XdpnnError):
 
 
 class MismatchError(XdpnnError):
-    """The kernel and the reference disagree (`verify`, `predict`)."""
+    """The kernel or a baseline and the reference disagree (`verify`, `predict`, `demo`, `bench`)."""
     exit_code = 6
 
 

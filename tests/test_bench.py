@@ -1,5 +1,6 @@
-"""`xdpnn bench`: the user-space baseline computes what the reference does,
-and a quick run in namespaces of its own writes every documented key."""
+"""`xdpnn bench`: every user-space baseline computes what the reference does,
+and a quick run in namespaces of its own writes every documented key.
+Speed is measured by the bench; nothing here asserts a timing."""
 import json
 import re
 from pathlib import Path
@@ -15,27 +16,69 @@ from xdpnn.trainer.model import random_model
 TOP_KEYS = {"schema", "started", "seconds", "environment", "forwarding", "inference"}
 ENV_KEYS = {"kernel", "cpu_model", "cpus", "xdp_mode", "napi", "packet_bytes", "generator",
             "trials", "trial_seconds", "stats_seconds", "test_run_repeat", "baseline_inputs",
-            "c_compiler"}
+            "baseline_seconds", "c_compiler", "simd"}
 FORWARDING_KEYS = {"config", "kind", "model", "pps", "ratio_to_forward", "not_received",
                    "bpf_stats_ns_per_packet", "test_run_ns_per_packet"}
-INFERENCE_KEYS = {"model", "weight_bytes", "xdp_ns", "c_single_ns", "c_batch_ns",
-                  "numpy_batch_ns", "baselines_agree", "xdp_classified_every_request"}
+INFERENCE_KEYS = {"model", "weight_bytes", "xdp_ns", "baselines", "baselines_agree",
+                  "fastest_scalar", "fastest", "xdp_over_fastest_scalar", "xdp_over_fastest",
+                  "xdp_classified_every_request"}
 SUMMARY_KEYS = {"median", "min", "max", "trials"}
 
 
+@pytest.fixture(scope="module")
+def baselines():
+    from xdpnn.traffic.baseline import CBaselines
+    c = CBaselines()
+    yield c
+    c.close()
+
+
+# Awkward shapes: inputs not a multiple of 64, one hidden neuron, 4 hidden
+# layers, 64 classes, the largest input, rows of one word.
 @pytest.mark.parametrize("sizes", [[256, 32, 16, 2], [784, 64, 32, 10], [784, 256, 256, 10],
-                                   [100, 3, 70, 5], [1024, 512, 1, 64], [64, 64, 64, 64, 64, 3]])
-def test_c_baseline_equals_the_reference(sizes):
-    from xdpnn.traffic.baseline import CBaseline
+                                   [100, 3, 70, 5], [1024, 512, 1, 64], [64, 64, 64, 64, 64, 3],
+                                   [65, 1, 64], [130, 200, 129, 100, 63, 64], [8, 2, 2]])
+def test_c_baselines_equal_the_reference(baselines, sizes):
     model = random_model(sizes, seed=4)
     bits = np.random.default_rng(5).integers(0, 2, (500, sizes[0]), dtype=np.uint8)
     want = reference.predict(model, bits)
-    c = CBaseline()
-    try:
-        for fn in ("bnn_each", "bnn_batch"):
-            assert (c.runner(fn, model, bits)() == want).all(), fn
-    finally:
-        c.close()
+    runners = baselines.runners(model, bits)  # checks each one itself, too
+    assert {"c_fixed", "c_generic", "numpy_batch"} <= set(runners)
+    for name, r in runners.items():
+        assert (r.call(1) == want).all(), name
+        assert (r.call(2) == want).all(), name  # a second pass over the inputs
+
+
+def test_every_simd_build_this_cpu_runs_equals_the_reference(baselines):
+    """AVX-512 and AVX2 where the CPU has each, not only the one the bench picks."""
+    from xdpnn.traffic import baseline
+    isas = list(baselines.isas)
+    if not isas:
+        pytest.skip("the CPU has neither AVX-512 VPOPCNTDQ nor AVX2")
+    for sizes in ([784, 256, 256, 10], [100, 3, 70, 5], [1024, 512, 1, 64],
+                  [130, 200, 129, 100, 63, 64]):
+        model = random_model(sizes, seed=6)
+        bits = np.random.default_rng(7).integers(0, 2, (300, sizes[0]), dtype=np.uint8)
+        want = reference.predict(model, bits)
+        for isa in isas:
+            baselines.isas = [isa]
+            try:
+                r = baselines.runners(model, bits)["c_simd"]
+            finally:
+                baselines.isas = isas
+            assert baselines.simd == isa[0] and isa[0] in r.build
+            assert (r.call(1) == want).all(), (sizes, isa[0])
+    assert {i[0] for i in isas} <= {i[0] for i in baseline.SIMD_ISAS}
+
+
+def test_a_baseline_that_disagrees_is_an_error(baselines, monkeypatch):
+    from xdpnn.loader.errors import MismatchError
+    from xdpnn.traffic import baseline
+    model = random_model([100, 8, 4], seed=1)
+    bits = np.random.default_rng(2).integers(0, 2, (50, 100), dtype=np.uint8)
+    monkeypatch.setattr(baseline.reference, "predict", lambda m, b: np.full(len(b), -1))
+    with pytest.raises(MismatchError, match="disagrees with the reference"):
+        baselines.runners(model, bits)
 
 
 @pytest.mark.netns
@@ -57,10 +100,20 @@ def test_bench_quick_writes_every_documented_key(tmp_path):
     for i in res["inference"]:
         assert set(i) == INFERENCE_KEYS
         assert i["baselines_agree"] and i["xdp_classified_every_request"]
+        assert {"c_fixed", "c_generic", "numpy_batch"} <= set(i["baselines"])
+        assert ("c_simd" in i["baselines"]) == (res["environment"]["simd"] in
+                                                ("avx512-vpopcntdq", "avx2"))
+        for b in i["baselines"].values():
+            assert set(b["ns"]) == SUMMARY_KEYS and len(b["ns"]["trials"]) == 5
+        assert i["baselines"][i["fastest_scalar"]]["kind"] == "scalar"
+        medians = {k: b["ns"]["median"] for k, b in i["baselines"].items()}
+        assert medians[i["fastest"]] == min(medians.values())
+        for key in ("xdp_over_fastest_scalar", "xdp_over_fastest"):
+            assert set(i[key]) == SUMMARY_KEYS and i[key]["min"] > 0
     # Inference costs more than plain forwarding, and more weights cost more.
     xdp = [i["xdp_ns"]["median"] for i in res["inference"]]
     assert xdp == sorted(xdp) and xdp[0] > res["forwarding"][0]["test_run_ns_per_packet"]["median"]
     md = (tmp_path / "bench.md").read_text()
-    assert "plain forwarding" in md and "784-256-256-10" in md
+    assert "plain forwarding" in md and "784-256-256-10" in md and "XDP / fastest scalar" in md
     prefix = re.search(r"bench: (xdpnn-bench-\d+)-gen", r.stderr).group(1)
     assert not list(Path("/run/netns").glob(f"{prefix}-*"))  # cleaned up

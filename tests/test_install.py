@@ -48,7 +48,8 @@ def test_the_wheel_installs_one_namespace_with_its_data(venv):
     assert not {"loader", "trainer", "traffic", "bpf", "models"} & {p.name for p in site.iterdir()}
     package = site / "xdpnn"
     for data in ("bpf/xdpnn.c", "bpf/xdpnn_shared.h", "bpf/parse.h", "bpf/bnn.h", "bpf/sink.c",
-                 "bpf/livegen.c", "traffic/bnn_user.c", "models/digits-default.npz"):
+                 "bpf/livegen.c", "traffic/bnn_user.c", "traffic/bnn_fixed.c",
+                 "models/digits-default.npz"):
         assert (package / data).is_file(), data
     where = run(venv / "bin/python", "-c", "import xdpnn.loader.cli as c; print(c.__file__)",
                 cwd="/")

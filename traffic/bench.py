@@ -47,12 +47,13 @@ class Settings:
     stats_seconds: float = 0.5      # per variant per trial, bpf_stats
     test_run_repeat: int = 20000    # BPF_PROG_TEST_RUN repeat per frame
     baseline_inputs: int = 4096
+    baseline_seconds: float = 0.05  # per user-space baseline per model per trial
     napi: str = "softirq"
 
     @classmethod
     def quick(cls, **kw) -> "Settings":
         return cls(trials=5, trial_seconds=0.2, stats_seconds=0.1, test_run_repeat=2000,
-                   baseline_inputs=1024, **kw)
+                   baseline_inputs=1024, baseline_seconds=0.01, **kw)
 
 
 @dataclass
@@ -100,7 +101,7 @@ def environment(s: Settings, packet_bytes: int) -> dict:
                          f"{livegen.SLOTS} different inputs cycled",
             "trials": s.trials, "trial_seconds": s.trial_seconds,
             "stats_seconds": s.stats_seconds, "test_run_repeat": s.test_run_repeat,
-            "baseline_inputs": s.baseline_inputs}
+            "baseline_inputs": s.baseline_inputs, "baseline_seconds": s.baseline_seconds}
 
 
 def set_threaded_napi(t: Topology) -> None:
@@ -153,6 +154,12 @@ def run(s: Settings) -> dict:
     rates = {v.name: [] for v in variants}
     lost = {v.name: 0 for v in variants}
     per_packet = {v.name: [] for v in variants}
+    c = baseline.CBaselines()
+    try:
+        base = {name: c.runners(m, baseline_inputs(m, payloads, s)) for name, m in named}
+    finally:
+        c.close()  # deletes the library files; the loaded libraries stay mapped
+    base_ns = {name: {b: [] for b in runners} for name, runners in base.items()}
 
     with Topology(f"xdpnn-bench-{os.getpid()}") as t:
         progress(f"bench: {t.gen} [g0] -> [d0] {t.dut} [d1] -> [s0] {t.sink}, "
@@ -183,16 +190,25 @@ def run(s: Settings) -> dict:
                 classified = {v.name: all_classified(v) for v in variants
                               if v.kind == "inference"}
                 frames = [packets.request(p, PORT) for p in payloads[:TEST_RUN_FRAMES]]
-                run_ns = {v.name: [test_run_ns(v, frames, s.test_run_repeat)
-                                   for _ in range(s.trials)] for v in variants}
+                # ns per inference, XDP and user space in the same trial, so
+                # that a ratio compares figures taken a moment apart.
+                run_ns = {v.name: [] for v in variants}
+                for k in range(s.trials):
+                    for v in rotated(variants, k):
+                        run_ns[v.name].append(test_run_ns(v, frames, s.test_run_repeat))
+                    for name, runners in base.items():
+                        for b, r in runners.items():
+                            base_ns[name][b].append(r.ns(s.baseline_seconds))
                 progress("  BPF_PROG_TEST_RUN, ns per request: " + ", ".join(
                     f"{v.name} {np.median(run_ns[v.name]):.0f}" for v in variants))
+                for name, runners in base_ns.items():
+                    progress(f"  user space {name}, ns per inference: " + ", ".join(
+                        f"{b} {np.median(ns):.0f}" for b, ns in runners.items()))
             finally:
                 for v in variants:
                     if v.prog:
                         v.prog.close()
 
-    base = measure_baselines(named, payloads, s)
     configs = []
     for v in variants:
         ratios = [r / f for r, f in zip(rates[v.name], rates["forward"])]
@@ -202,19 +218,13 @@ def run(s: Settings) -> dict:
                         "not_received": lost[v.name],
                         "bpf_stats_ns_per_packet": summary(per_packet[v.name]),
                         "test_run_ns_per_packet": summary(run_ns[v.name])})
-    inference = []
-    for m, v in zip(models, variants[2:]):
-        b = base["models"][v.name]
-        inference.append({"model": v.name, "weight_bytes": weight_bytes(m),
-                          "xdp_ns": summary(run_ns[v.name]),
-                          "c_single_ns": summary(b["c_single"]["ns"]),
-                          "c_batch_ns": summary(b["c_batch"]["ns"]),
-                          "numpy_batch_ns": summary(b["numpy_batch"]["ns"]),
-                          "baselines_agree": all(b[k]["agrees"] for k in baseline.NAMES),
-                          "xdp_classified_every_request": classified[v.name]})
+    inference = [dict(inference_figures(v.name, run_ns[v.name], base[v.name],
+                                        base_ns[v.name]),
+                      weight_bytes=weight_bytes(m), xdp_classified_every_request=classified[v.name])
+                 for m, v in zip(models, variants[2:])]
     env = environment(s, frame_bytes)
-    env["c_compiler"] = base["compiler"]
-    return {"schema": "xdpnn-bench/1", "started": time.strftime(
+    env["c_compiler"], env["simd"] = c.compiler, c.simd
+    return {"schema": "xdpnn-bench/2", "started": time.strftime(
                 "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1), "environment": env,
             "forwarding": configs, "inference": inference}
@@ -236,22 +246,27 @@ def weight_bytes(m: Model) -> int:
     return int(layout.model_words(m).nbytes)
 
 
-def measure_baselines(named: list[tuple[str, Model]], payloads: list[bytes],
-                      s: Settings) -> dict:
-    """User-space ns per inference on the generator's inputs, same weights."""
-    c = baseline.CBaseline()
-    out = {"compiler": c.compiler, "models": {}}
-    try:
-        for name, m in named:
-            raw = np.stack([reference.bits_from_bytes(p, m.sizes[0]) for p in payloads])
-            bits = np.resize(raw, (s.baseline_inputs, m.sizes[0]))
-            out["models"][name] = r = baseline.measure(c, m, bits, s.trials)
-            progress(f"  user space {name}: " + ", ".join(
-                f"{k} {np.median(v['ns']):.0f} ns" + ("" if v["agrees"] else " (DISAGREES)")
-                for k, v in r.items()))
-    finally:
-        c.close()
-    return out
+def baseline_inputs(m: Model, payloads: list[bytes], s: Settings) -> np.ndarray:
+    """The generator's inputs as bit rows, cycled to s.baseline_inputs rows."""
+    raw = np.stack([reference.bits_from_bytes(p, m.sizes[0]) for p in payloads])
+    return np.resize(raw, (s.baseline_inputs, m.sizes[0]))
+
+
+def inference_figures(name: str, xdp: list[float], runners: dict, ns: dict) -> dict:
+    """One model's ns per inference: XDP, each baseline, and XDP over the
+    fastest scalar baseline and the fastest overall (by median), per trial."""
+    def fastest(names):
+        return min(names, key=lambda b: np.median(ns[b]))
+
+    scalar = fastest([b for b, r in runners.items() if r.kind == "scalar"])
+    best = fastest(list(runners))
+    return {"model": name, "xdp_ns": summary(xdp),
+            "baselines": {b: {"kind": r.kind, "build": r.build, "ns": summary(ns[b])}
+                          for b, r in runners.items()},
+            "baselines_agree": True,  # checked on every input before timing, else an error
+            "fastest_scalar": scalar, "fastest": best,
+            "xdp_over_fastest_scalar": summary([x / b for x, b in zip(xdp, ns[scalar])]),
+            "xdp_over_fastest": summary([x / b for x, b in zip(xdp, ns[best])])}
 
 
 def command(args) -> None:

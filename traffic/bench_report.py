@@ -12,6 +12,11 @@ def _range(s: dict, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
             f"({fmt.format(s['min'] * scale)}-{fmt.format(s['max'] * scale)})")
 
 
+# The user-space baselines (traffic/baseline.py), in table order.
+BASELINES = {"c_fixed": "C fixed shape, scalar popcnt", "c_simd": "C fixed shape, SIMD",
+             "c_generic": "C generic loop", "numpy_batch": "numpy batched"}
+
+
 def markdown(r: dict) -> str:
     """Two tables (forwarding, then ns per inference) and what they depend on."""
     env = r["environment"]
@@ -25,19 +30,26 @@ def markdown(r: dict) -> str:
                      f"{_range(c['ratio_to_forward'], 1, '{:.2f}')} | "
                      f"{_range(c['bpf_stats_ns_per_packet'])} | "
                      f"{_range(c['test_run_ns_per_packet'])} |")
-    lines += ["", "| model | weight bytes | XDP ns/request (test run: parse + inference) | "
-                  "C one at a time | C batched | numpy batched | user space == reference |",
-              "|---|---|---|---|---|---|---|"]
+    names = [b for b in BASELINES if any(b in i["baselines"] for i in r["inference"])]
+    lines += ["", "| model | weight bytes | XDP ns/request (test run: parse + inference) | " +
+              " | ".join(BASELINES[b] for b in names) +
+              " | XDP / fastest scalar | XDP / fastest overall |",
+              "|---|---|---|" + "---|" * (len(names) + 2)]
     for i in r["inference"]:
-        lines.append(f"| {i['model']} | {i['weight_bytes']} | {_range(i['xdp_ns'])} | "
-                     f"{_range(i['c_single_ns'])} | {_range(i['c_batch_ns'])} | "
-                     f"{_range(i['numpy_batch_ns'])} | "
-                     f"{'yes' if i['baselines_agree'] else 'NO'} |")
-    lines += ["", f"Kernel {env['kernel']}, {env['cpu_model']} ({env['cpus']} CPUs), "
+        cells = [_range(i["baselines"][b]["ns"]) if b in i["baselines"] else "-" for b in names]
+        lines.append(f"| {i['model']} | {i['weight_bytes']} | {_range(i['xdp_ns'])} | " +
+                     " | ".join(cells) +
+                     f" | {_range(i['xdp_over_fastest_scalar'], 1, '{:.1f}')}, "
+                     f"{i['fastest_scalar']} | {_range(i['xdp_over_fastest'], 1, '{:.1f}')}, "
+                     f"{i['fastest']} |")
+    lines += ["", ("ns per inference, one input at a time; every baseline gave the reference's "
+                   "class on every input before it was timed; a ratio is XDP over that baseline "
+                   "in the same trial."),
+              "", f"Kernel {env['kernel']}, {env['cpu_model']} ({env['cpus']} CPUs), "
                   f"{env['xdp_mode']} XDP on veth, NAPI {env['napi']}, "
                   f"{env['packet_bytes']}-byte frames, generator: {env['generator']}; "
                   f"{env['trials']} trials of {env['trial_seconds']} s per datapath; "
-                  f"C: {env['c_compiler']}."]
+                  f"C: {env['c_compiler']}, SIMD: {env['simd']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -69,9 +81,10 @@ def plot(r: dict, path: Path) -> str | None:
         ax1.axhspan(p["min"] * 1e-6, p["max"] * 1e-6, color="gray", alpha=0.15)
     ax1.set(xscale="log", xlabel="model weight bytes", ylabel="Mpps received",
             title="Forwarding rate while classifying every packet")
-    for key, label in (("xdp_ns", "XDP (BPF_PROG_TEST_RUN)"), ("c_single_ns", "C, one at a time"),
-                       ("c_batch_ns", "C, batched"), ("numpy_batch_ns", "numpy, batched")):
-        bars(ax2, size, [i[key] for i in inf], label)
+    bars(ax2, size, [i["xdp_ns"] for i in inf], "XDP (BPF_PROG_TEST_RUN)")
+    for b, label in BASELINES.items():
+        if all(b in i["baselines"] for i in inf):
+            bars(ax2, size, [i["baselines"][b]["ns"] for i in inf], label)
     ax2.set(xscale="log", yscale="log", xlabel="model weight bytes", ylabel="ns per inference",
             title="Cost of one inference")
     for ax in (ax1, ax2):

@@ -1,12 +1,9 @@
-/* The user-space baseline: the same binarized MLP as bpf/bnn.h, on the same
- * flat weight words (loader/layout.py), compiled by traffic/baseline.py with
- * the system compiler and hardware popcount.  Two ways to run a batch:
- *   bnn_each   one sample at a time through every layer (what a per-request
- *              server does);
- *   bnn_batch  layer by layer over the whole batch, so each weight row is
- *              loaded once per batch instead of once per sample. */
+/* The generic user-space baseline: the same binarized MLP as bpf/bnn.h, on
+ * the same flat weight words (loader/layout.py), with hardware popcount, but
+ * looping over sizes known only at run time (one build for every model).
+ * traffic/bnn_fixed.c is the same inference with the sizes compiled in; the
+ * gap between the two is what specialisation buys. */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define MAX_WORDS 16 /* 1024 bits: trainer/model.py MAX_INPUT_BITS */
@@ -51,53 +48,25 @@ static uint32_t output(const uint64_t *m, int n_in, int n_out, const uint64_t *i
 	return cls;
 }
 
-void bnn_each(const uint64_t *m, const int *sizes, int n_sizes, const uint64_t *inputs, int n,
-	      uint32_t *classes)
+/* One inference through every layer. */
+static uint32_t infer(const uint64_t *m, const int *sizes, int n_sizes, const uint64_t *x)
 {
 	uint64_t a[MAX_WORDS], b[MAX_WORDS];
-	int in_words = words(sizes[0]);
-	for (int s = 0; s < n; s++) {
-		const uint64_t *w = m, *x = inputs + (size_t)s * in_words;
-		uint64_t *bufs[2] = {a, b};
-		for (int l = 0; l + 2 < n_sizes; l++) {
-			w = hidden(w, sizes[l], sizes[l + 1], x, bufs[l & 1]);
-			x = bufs[l & 1];
-		}
-		classes[s] = output(w, sizes[n_sizes - 2], sizes[n_sizes - 1], x);
+	uint64_t *bufs[2] = {a, b};
+	const uint64_t *w = m;
+	for (int l = 0; l + 2 < n_sizes; l++) {
+		w = hidden(w, sizes[l], sizes[l + 1], x, bufs[l & 1]);
+		x = bufs[l & 1];
 	}
+	return output(w, sizes[n_sizes - 2], sizes[n_sizes - 1], x);
 }
 
-int bnn_batch(const uint64_t *m, const int *sizes, int n_sizes, const uint64_t *inputs, int n,
-	      uint32_t *classes)
+/* Classes of n inputs, one sample at a time (what a per-request server
+ * does), `rounds` passes over them (timing loops stay out of Python). */
+void bnn_each(const uint64_t *m, const int *sizes, int n_sizes, const uint64_t *inputs, int n,
+	      int rounds, uint32_t *classes)
 {
-	/* Activations of the whole batch, MAX_WORDS words per sample. */
-	uint64_t *bufs[2] = {malloc((size_t)n * MAX_WORDS * 8), malloc((size_t)n * MAX_WORDS * 8)};
-	if (!bufs[0] || !bufs[1]) {
-		free(bufs[0]);
-		free(bufs[1]);
-		return -1;
-	}
-	const uint64_t *w = m, *x = inputs;
-	int stride = words(sizes[0]);
-	for (int l = 0; l + 2 < n_sizes; l++) {
-		int n_in = sizes[l], n_out = sizes[l + 1], nw = words(n_in);
-		const int64_t *t = (const int64_t *)(w + (size_t)n_out * nw);
-		uint64_t *out = bufs[l & 1];
-		memset(out, 0, (size_t)n * MAX_WORDS * 8);
-		for (int j = 0; j < n_out; j++) {
-			const uint64_t *row = w + (size_t)j * nw;
-			for (int s = 0; s < n; s++)
-				out[(size_t)s * MAX_WORDS + (j >> 6)] |=
-					(uint64_t)(dot(x + (size_t)s * stride, row, n_in, nw) >= t[j])
-					<< shift(j);
-		}
-		w += (size_t)n_out * nw + n_out;
-		x = out;
-		stride = MAX_WORDS;
-	}
-	for (int s = 0; s < n; s++)
-		classes[s] = output(w, sizes[n_sizes - 2], sizes[n_sizes - 1], x + (size_t)s * stride);
-	free(bufs[0]);
-	free(bufs[1]);
-	return 0;
+	for (int r = 0; r < rounds; r++)
+		for (int s = 0; s < n; s++)
+			classes[s] = infer(m, sizes, n_sizes, inputs + (size_t)s * words(sizes[0]));
 }
