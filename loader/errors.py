@@ -30,7 +30,7 @@ class AttachError(XdpnnError):
 
 
 class MismatchError(XdpnnError):
-    """The kernel or a baseline and the reference disagree (`verify`, `predict`, `demo`, `bench`)."""
+    """The kernel or a baseline disagrees with the reference (`verify`, `predict`, `bench`)."""
     exit_code = 6
 
 
