@@ -135,10 +135,12 @@ def _class_index(name: str, classes: list[str]) -> int:
 
 
 def model_summary(model: model_file.Model, path: str) -> dict:
-    """For the attach record.  The hash is that of the bytes the model was
-    parsed from: reading the path again might find another file."""
+    """For the attach record: what names the model, not its provenance (a
+    training report can be larger than nn_meta; `model show` prints it).
+    The hash is that of the bytes the model was parsed from: reading the
+    path again might find another file."""
     return {"path": os.path.abspath(path), "sha256": model.sha256, "shape": model.shape,
-            "classes": model.classes, "input": model.input, "provenance": model.provenance}
+            "classes": model.classes, "input": model.input}
 
 
 def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str | None = None,
@@ -264,10 +266,9 @@ def encode_record(record: dict) -> bytes:
     fit changes nothing."""
     data = json.dumps(record).encode()
     if len(data) >= maps.META_BYTES:
-        prov = len(json.dumps(record["model"].get("provenance")))
         raise ModelFileError(f"attach record of {record['model']['path']} would be {len(data)} "
-                             f"bytes, nn_meta holds {maps.META_BYTES - 1} (its provenance takes "
-                             f"{prov}): nothing changed")
+                             f"bytes, nn_meta holds {maps.META_BYTES - 1} (its class names take "
+                             f"{len(json.dumps(record['model']['classes']))}): nothing changed")
     return data.ljust(maps.META_BYTES, b"\0")
 
 

@@ -184,6 +184,22 @@ def test_predict_bad_frames_exit_2(model_file, hex_, names):
 # --- root: interfaces and namespaces (own namespace only) -------------------
 
 @root
+def test_a_model_with_a_large_training_report_attaches(veth_pair, tmp_path):
+    """The attach record names the model; the provenance stays in the file
+    (a 256-column CSV model's report once made attach refuse the model)."""
+    m = random_model([100, 7, 3], seed=4)
+    m.provenance = {"report": {"columns": ["c%d" % i for i in range(256)], "note": "x" * 30000}}
+    path = tmp_path / "big-report.npz"
+    m.save(path)
+    xdpnn("-n", veth_pair, "attach", "xv0", "--model", path, check=True)
+    try:
+        rec = [s for s in json.loads(xdpnn("-j", "status").stdout) if s["netns"] == veth_pair]
+        assert rec[0]["state"] == "attached" and rec[0]["model"]["shape"] == "100-7-3"
+    finally:
+        xdpnn("-n", veth_pair, "detach", "xv0", check=True)
+
+
+@root
 def test_attach_to_nonexistent_interface_exits_5(netns_name, model_file):
     r = xdpnn("-n", netns_name, "attach", "xh1nosuch0", "--model", model_file)
     assert_error(r, 5, "attach", "xh1nosuch0", netns_name)

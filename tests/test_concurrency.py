@@ -142,13 +142,13 @@ def status_of(t) -> dict:
 def test_swap_with_an_oversized_record_changes_nothing(tmp_path, model_file_pair):
     (old, old_path), (_, new_path) = model_file_pair
     big = random_model(old.sizes, seed=2)
-    big.provenance = {"note": "x" * 20000}
+    big.classes = [str(k) * 7000 for k in range(old.sizes[-1])]
     big_path = str(tmp_path / "big.npz")
     big.save(big_path)
     with topology() as t:
         # attach refuses it before compiling: nothing pinned, nothing attached.
         r = xdpnn("-n", t.dut, "attach", "d0", "--model", big_path, check=False)
-        assert r.returncode == 3 and "provenance" in r.stderr, r.stderr
+        assert r.returncode == 3 and "class names take" in r.stderr, r.stderr
         assert not os.path.exists(f"/sys/fs/bpf/xdpnn/d0@{t.dut}")
 
         xdpnn("-n", t.dut, "attach", "d0", "--peer", "d1", "--model", old_path)
