@@ -5,8 +5,13 @@ and the tests alike, so all of them run the same program.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
+import json
 import os
 import re
+import signal
+import socket
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,8 +69,8 @@ def _summary(log: str, fallback: str) -> str:
 
 @dataclass
 class Program:
-    """A loaded, unattached XDP program and its maps (name -> fd)."""
-    bpf: object
+    """A loaded, unattached XDP program and its maps (name -> fd).  The
+    kernel objects live as long as these descriptors (or pins of them)."""
     prog_fd: int
     maps: dict[str, int]
     model: Model
@@ -73,7 +78,9 @@ class Program:
     record_input: bool
 
     def close(self):
-        self.bpf.cleanup()
+        for fd in [self.prog_fd, *self.maps.values()]:
+            os.close(fd)
+        self.maps = {}
 
 
 def source_and_flags(model: Model, record_input: bool = False,
@@ -95,54 +102,104 @@ def check_kernel_headers() -> None:
 
 def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = ()) -> Program:
     """Compiles and loads the program for model, puts the model in force."""
-    BPF = import_bcc()
+    if sys.byteorder != "little":
+        raise MissingFeatureError("compile: the weight layout (docs/model-format.md) is "
+                                  "little-endian, and this CPU is big-endian")
+    import_bcc()  # here, so that a missing BCC is a clear error, and the child has it
     check_kernel_headers()
     text, cflags = source_and_flags(model, record_input, defines)
-    with captured_stderr() as log:
-        try:
-            bpf = BPF(text=text, cflags=cflags)
-        except Exception as e:
-            err = e
-        else:
-            err = None
-    if err is not None:
-        raise BuildError(f"compile {SOURCE.name} for model {model.shape}: "
-                         f"{_summary(log[0], str(err))}")
-    with captured_stderr() as log:
-        try:
-            fn = bpf.load_func("xdpnn", BPF.XDP)
-        except Exception as e:
-            err = e
-        else:
-            err = None
-    if err is not None:
-        bpf.cleanup()
-        if "Argument list too long" in str(err):  # E2BIG: BCC says "Program too large"
-            why = ("it needs more than the verifier's 1,000,000 processed instructions; "
-                   "use smaller layers (docs/datapath.md, 'Verifier limits')")
-        else:
-            why = _summary(log[0], str(err))
-        raise BuildError(f"load XDP program for model {model.shape}: verifier rejected it: "
-                         f"{why}")
-    prog = Program(bpf=bpf, prog_fd=fn.fd, maps={n: bpf[n].map_fd for n in maps.MAP_NAMES},
-                   model=model, cflags=cflags, record_input=record_input)
+    names = ("nn_model_words",) + maps.MAP_NAMES + (("nn_last",) if record_input else ())
+    prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, f"model {model.shape}")
+    prog = Program(prog_fd=prog_fd, maps=fds, model=model, cflags=cflags,
+                   record_input=record_input)
     try:
-        check_layouts(bpf)
-        inner = bpf["nn_model_words"].map_fd  # the template is the first model's map
-        fill_model(inner, model)
-        put_model(prog.maps["nn_model"], inner)
+        fill_model(fds["nn_model_words"], model)  # the template is the first model's map
+        put_model(fds["nn_model"], fds["nn_model_words"])
         # Ready to classify as built: the model's request port, all counts.
-        write_config(prog.maps["nn_config"],
-                     maps.Config(udp_port=model.input.get("port", DEFAULT_PORT)))
+        port = model.input.get("port", DEFAULT_PORT)
+        write_config(fds["nn_config"], maps.Config(udp_port=port))
     except BaseException:
         prog.close()
         raise
     return prog
 
 
-def check_layouts(bpf) -> None:
+def load_in_child(text: str, cflags: list[str], func: str, map_names: tuple[str, ...],
+                  what: str) -> tuple[int, dict[str, int]]:
+    """Compiles and loads an XDP program in a child process and returns the
+    program's and maps' file descriptors, passed back over a unix socket.
+
+    LLVM ends the process it runs in on a fatal error (abort, no exception):
+    in a child, that is a BuildError with LLVM's message, not a dead command.
+    The child only compiles, loads and exits (it is forked, so it has BCC
+    loaded already, and nothing else runs in it)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with tempfile.TemporaryFile() as log:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            parent.close()
+            os.dup2(log.fileno(), 2)  # what libbcc, clang and the verifier print
+            faulthandler.disable()  # a crash here is the parent's to report
+            try:
+                _compile_and_send(child, text, cflags, func, map_names)
+            finally:
+                os._exit(0)
+        child.close()
+        try:
+            msg, fds, _, _ = socket.recv_fds(parent, 1 << 16, 1 + len(map_names))
+        except BaseException:  # Ctrl-C: the compile is no longer wanted
+            os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            parent.close()
+            _, status = os.waitpid(pid, 0)
+        log.seek(0)
+        printed = log.read().decode(errors="replace")
+    if not msg:  # the child died before it could answer
+        how = (signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
+               else f"exit {os.WEXITSTATUS(status)}")
+        fatal = [ln for ln in printed.splitlines() if "LLVM ERROR" in ln or "fatal" in ln]
+        raise BuildError(f"compile {SOURCE.name} for {what}: the compiler crashed ({how}): "
+                         f"{(fatal or [_summary(printed, 'no message')])[0].strip()}")
+    reply = json.loads(msg)
+    if reply:
+        for fd in fds:
+            os.close(fd)
+        detail = reply.get("why") or _summary(printed, reply["exception"])
+        raise BuildError({"compile": f"compile {SOURCE.name} for {what}: {detail}",
+                          "load": f"load XDP program for {what}: verifier rejected it: {detail}",
+                          "layout": reply["exception"]}[reply["step"]])
+    return fds[0], dict(zip(map_names, fds[1:]))
+
+
+def _compile_and_send(sock: socket.socket, text: str, cflags: list[str], func: str,
+                      map_names: tuple[str, ...]) -> None:
+    """In the child: BCC's compile and load; the fds, or what failed, to sock."""
+    BPF = import_bcc()
+    step, why = "compile", None
+    try:
+        bpf = BPF(text=text, cflags=cflags)
+        step = "load"
+        try:
+            fn = bpf.load_func(func, BPF.XDP)
+        except Exception as e:
+            if "Argument list too long" in str(e):  # E2BIG: BCC says "Program too large"
+                why = ("it needs more than the verifier's 1,000,000 processed instructions; "
+                       "use smaller layers (docs/datapath.md, 'Verifier limits')")
+            raise
+        step = "layout"
+        check_layouts(bpf, map_names)
+    except Exception as e:
+        sock.send(json.dumps({"step": step, "exception": str(e), "why": why}).encode())
+        return
+    socket.send_fds(sock, [b"{}"], [fn.fd] + [bpf[n].map_fd for n in map_names])
+
+
+def check_layouts(bpf, map_names: tuple[str, ...]) -> None:
     """The ctypes mirrors in loader/maps.py must match what BCC compiled."""
     for name, mirror in maps.MIRRORS.items():
+        if name not in map_names:
+            continue
         table = bpf[name]
         leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables wrap the struct
         got = [(f[0], ctypes.sizeof(f[1])) for f in leaf._fields_]

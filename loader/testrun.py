@@ -8,7 +8,6 @@ extracted, which `predict` shows beside the Python twin's.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from dataclasses import dataclass
@@ -71,8 +70,8 @@ class Runner:
         return np.unpackbits(row)[:self.model.sizes[0]]
 
     def _last_map(self) -> tuple[int, int]:
-        t = self.prog.bpf["nn_last"]
-        return t.map_fd, ctypes.sizeof(getattr(t, "sLeaf", t.Leaf))
+        fd = self.prog.maps["nn_last"]
+        return fd, bpf_sys.map_info(fd).value_size
 
     def _mark_last(self) -> None:
         fd, size = self._last_map()
