@@ -2,6 +2,7 @@
 the attachments, wherever the interfaces went (tier 3: namespaces)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,21 +98,24 @@ def test_partial_pins_are_reported_and_detach_cleans_up(veth_pair, model_file, l
     """What a killed attach or detach leaves: every command answers with an
     error or a state, never a traceback, and detach removes the rest."""
     xdpnn("-n", veth_pair, "attach", "xv0", "--model", model_file, check=True)
-    pins = pin_dir("xv0", veth_pair)
-    link = os.path.join(pins, "link")
-    if "link" in lost:  # keep the program off the interface as an interrupted attach does
-        fd = bpf_sys.get_pinned(link)
-        bpf_sys.link_detach(fd, "test")
-        os.close(fd)
-    for name in lost:
-        os.unlink(os.path.join(pins, name))
-    for args in (["status"], ["-n", veth_pair, "stats", "xv0"],
-                 ["-n", veth_pair, "set", "xv0", "--action", "all=drop"]):
-        r = xdpnn(*args)
-        assert r.returncode in (0, 7) and "Traceback" not in r.stderr, (args, r.stderr)
-        assert r.returncode == 0 or "xdpnn detach" in r.stderr, (args, r.stderr)
-    r = xdpnn("-j", "status")
-    mine = [s for s in __import__("json").loads(r.stdout) if s.get("netns") == veth_pair]
-    assert len(mine) == 1 and mine[0]["state"].startswith(("broken", "stale")), mine
-    xdpnn("-n", veth_pair, "detach", "xv0", check=True)
-    assert prog_on(veth_pair, "xv0") == 0 and not os.path.exists(pins)
+    try:
+        pins = pin_dir("xv0", veth_pair)
+        link = os.path.join(pins, "link")
+        if "link" in lost:  # the program off the interface, as an interrupted attach leaves it
+            fd = bpf_sys.get_pinned(link)
+            bpf_sys.link_detach(fd, "test")
+            os.close(fd)
+        for name in lost:
+            os.unlink(os.path.join(pins, name))
+        for args in (["status"], ["-n", veth_pair, "stats", "xv0"],
+                     ["-n", veth_pair, "set", "xv0", "--action", "all=drop"]):
+            r = xdpnn(*args)
+            assert r.returncode in (0, 7) and "Traceback" not in r.stderr, (args, r.stderr)
+            assert r.returncode == 0 or "xdpnn detach" in r.stderr, (args, r.stderr)
+        r = xdpnn("-j", "status")
+        mine = [s for s in json.loads(r.stdout) if s.get("netns") == veth_pair]
+        assert len(mine) == 1 and mine[0]["state"].startswith(("broken", "stale")), mine
+        xdpnn("-n", veth_pair, "detach", "xv0", check=True)
+        assert prog_on(veth_pair, "xv0") == 0 and not os.path.exists(pins)
+    finally:  # a failed check must not leave pins behind
+        xdpnn("-n", veth_pair, "detach", "xv0")
