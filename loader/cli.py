@@ -465,7 +465,7 @@ def cmd_model_show(args):
     out(args, info, "\n".join([f"{args.file}: {m.shape}, {m.mode} input" +
                                (f" (port {m.input.get('port')})" if m.mode == "payload" else ""),
                                f"  classes: {', '.join(m.classes)}",
-                               f"  map value: {info['weight_bytes']} bytes per slot",
+                               f"  model map value: {info['weight_bytes']} bytes",
                                f"  provenance: {json.dumps(m.provenance)}"]))
 
 

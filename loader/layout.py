@@ -1,5 +1,5 @@
 """From a model to what the XDP program is built with: compiler flags for its
-shape and the flat array of u64 words that fills a weight slot.
+shape and the flat array of u64 words that fills the model's map.
 
 This is the only place that knows where each layer lives in the map value;
 bpf/bnn.h reads the offsets from the -D flags made here.
@@ -48,7 +48,7 @@ def offsets(sizes: list[int]) -> dict[str, int]:
 
 
 def model_words(model: Model) -> np.ndarray:
-    """The flat u64 array for one weight slot."""
+    """The flat u64 array: the value of the model's map."""
     parts = []
     for l, w in enumerate(model.weights):
         parts.append(pack_rows(w).ravel())

@@ -51,7 +51,7 @@ def test_model_random_then_show(tmp_path):
     assert r.stdout.splitlines()[:3] == [
         f"{path}: 100-7-3, payload input (port 9595)",
         "  classes: class0, class1, class2",
-        "  map value: 240 bytes per slot",
+        "  model map value: 240 bytes",
     ]
 
     r = xdpnn("-j", "model", "show", path)
