@@ -200,6 +200,15 @@ def test_a_model_with_a_large_training_report_attaches(veth_pair, tmp_path):
 
 
 @root
+def test_a_port_in_headers_mode_is_refused_not_ignored(netns_name, model_file, tmp_path):
+    path = tmp_path / "h.npz"
+    random_model([256, 8, 3], mode="headers").save(path)
+    for model, extra in ((path, []), (model_file, ["--input", "headers"])):
+        r = xdpnn("-n", netns_name, "attach", "lo", "--model", model, "--port", "9000", *extra)
+        assert_error(r, 2, "attach", "--port 9000", "headers mode has no request port")
+
+
+@root
 def test_attach_to_nonexistent_interface_exits_5(netns_name, model_file):
     r = xdpnn("-n", netns_name, "attach", "xh1nosuch0", "--model", model_file)
     assert_error(r, 5, "attach", "xh1nosuch0", netns_name)

@@ -103,3 +103,35 @@ def test_kill_9_at_random_points(veth_pair, models, command):
             clean_up(ns)
             xdpnn(*attach, check=True)
     clean_up(ns)
+
+
+def test_concurrent_attach_swap_set_detach_on_one_interface(veth_pair, models):
+    """Three operators at once, each a random sequence of mutating commands:
+    every command ends in success or a documented refusal, never a
+    traceback, and the state stays one that status and detach understand."""
+    import threading
+    ns = veth_pair
+    commands = [["-n", ns, "attach", "xv0", "--model", models[0]],
+                ["-n", ns, "swap", "xv0", "--model", models[1]],
+                ["-n", ns, "set", "xv0", "--action", "class1=drop"],
+                ["-n", ns, "detach", "xv0"]]
+    results = []
+
+    def operator(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(6):
+            r = xdpnn(*commands[rng.integers(len(commands))])
+            results.append((r.returncode, r.stderr))
+
+    threads = [threading.Thread(target=operator, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 18
+    for code, err in results:  # 7: not attached, or already attached
+        assert code in (0, 7) and "Traceback" not in err, err
+    rec = consistent(ns)
+    if rec is not None:
+        assert rec["state"] == "attached", rec
+    clean_up(ns)
