@@ -71,16 +71,18 @@ class Program:
     model: Model
     cflags: list[str]
     record_input: bool
+    methods: tuple[str, ...]  # of each hidden layer (loader/layout.py)
 
     def close(self):
         self.bpf.cleanup()
 
 
-def source_and_flags(model: Model, record_input: bool = False,
-                     defines: tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """defines: the variants of bpf/xdpnn.c's header comment (NN_FORWARD_ONLY, ...)."""
-    return SOURCE.read_text(), (layout.cflags(model, record_input) + [f"-D{d}" for d in defines]
-                                + [f"-I{BPF_DIR}"])
+def source_and_flags(model: Model, record_input: bool = False, defines: tuple[str, ...] = (),
+                     methods=None) -> tuple[str, list[str]]:
+    """defines: the variants of bpf/xdpnn.c's header comment (NN_FORWARD_ONLY, ...);
+    methods: each hidden layer's (tests force them; None is the codegen's choice)."""
+    return SOURCE.read_text(), (layout.cflags(model, record_input, methods)
+                                + [f"-D{d}" for d in defines] + [f"-I{BPF_DIR}"])
 
 
 def check_kernel_headers() -> None:
@@ -93,11 +95,15 @@ def check_kernel_headers() -> None:
                                   "linux-headers for this kernel (`sudo make setup` does it)")
 
 
-def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = ()) -> Program:
-    """Compiles and loads the program for model, puts the model in force."""
+def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (),
+          methods=None) -> Program:
+    """Compiles and loads the program for model, puts the model in force.
+    methods forces each hidden layer's method (tests, measurements); a
+    program built so must be given models with write_model(..., methods)."""
     BPF = import_bcc()
     check_kernel_headers()
-    text, cflags = source_and_flags(model, record_input, defines)
+    methods = layout.check_methods(model.sizes, methods)
+    text, cflags = source_and_flags(model, record_input, defines, methods)
     with captured_stderr() as log:
         try:
             bpf = BPF(text=text, cflags=cflags)
@@ -125,11 +131,11 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
         raise BuildError(f"load XDP program for model {model.shape}: verifier rejected it: "
                          f"{why}")
     prog = Program(bpf=bpf, prog_fd=fn.fd, maps={n: bpf[n].map_fd for n in maps.MAP_NAMES},
-                   model=model, cflags=cflags, record_input=record_input)
+                   model=model, cflags=cflags, record_input=record_input, methods=methods)
     try:
         check_layouts(bpf)
         inner = bpf["nn_model_words"].map_fd  # the template is the first model's map
-        fill_model(inner, model)
+        fill_model(inner, model, methods)
         put_model(prog.maps["nn_model"], inner)
         # Ready to classify as built: the model's request port, all counts.
         write_config(prog.maps["nn_config"],
@@ -152,9 +158,11 @@ def check_layouts(bpf) -> None:
                              f"loader/maps.py has {want}")
 
 
-def fill_model(inner_fd: int, model: Model) -> None:
-    """Writes model into an inner map that no packet reads yet."""
-    words = layout.model_words(model)
+def fill_model(inner_fd: int, model: Model, methods=None) -> None:
+    """Writes model into an inner map that no packet reads yet, laid out for
+    the methods the program was built with (None: the codegen's choice, a
+    function of the shape alone, so every later swap agrees with attach)."""
+    words = layout.model_words(model, methods)
     size = bpf_sys.map_info(inner_fd).value_size
     if size != words.nbytes:
         raise BuildError(f"fill map nn_model_words: value size is {size} bytes, model "
@@ -172,7 +180,7 @@ def model_map_id(outer_fd: int) -> int:
     return int.from_bytes(bpf_sys.map_lookup(outer_fd, 0, 4, "nn_model"), "little")
 
 
-def new_model_map(outer_fd: int, model: Model) -> int:
+def new_model_map(outer_fd: int, model: Model, methods=None) -> int:
     """A new inner map like the one in force, filled with model, not yet in
     force; the caller closes the fd it returns."""
     current = bpf_sys.map_fd_by_id(model_map_id(outer_fd))
@@ -181,16 +189,16 @@ def new_model_map(outer_fd: int, model: Model) -> int:
     finally:
         os.close(current)
     try:
-        fill_model(fd, model)
+        fill_model(fd, model, methods)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def write_model(outer_fd: int, model: Model) -> None:
+def write_model(outer_fd: int, model: Model, methods=None) -> None:
     """Puts model in force in place of the one there (tests; swap does it in steps)."""
-    fd = new_model_map(outer_fd, model)
+    fd = new_model_map(outer_fd, model, methods)
     try:
         put_model(outer_fd, fd)
     finally:
