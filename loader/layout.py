@@ -39,9 +39,20 @@ def horizontal(sizes: list[int]) -> tuple[str, ...]:
     return ("h",) * (len(sizes) - 2)
 
 
+# Measured cost of a vertical transposed word (one input bit, 64 neurons)
+# over that of a horizontal weight word (64 input bits, one neuron), in ns
+# per inference: docs/benchmarks.md, "Hidden-layer methods".
+VERTICAL_WORD_COST = 0.7
+
+
 def choose_methods(sizes: list[int]) -> tuple[str, ...]:
-    """The method of each hidden layer."""
-    return horizontal(sizes)
+    """The method of each hidden layer: vertical where it costs less.  Both
+    methods go through the layer's input words once per neuron row or per
+    group, so the choice depends on the neuron count alone: a horizontal
+    layer pays for n_out rows, a vertical one for 64 lanes per group,
+    padding lanes included (32 neurons cost as much as 64)."""
+    return tuple("v" if VERTICAL_WORD_COST * 64 * groups(n_out) < n_out else "h"
+                 for n_out in sizes[1:-1])
 
 
 def check_methods(sizes: list[int], methods) -> tuple[str, ...]:

@@ -48,6 +48,16 @@ def test_transposed_word_holds_one_input_bit_of_64_neurons():
             assert (int(words[j // 64, i // 64 * 64 + p]) >> lane) & 1 == w[j, i]
 
 
+def test_codegen_goes_vertical_where_groups_are_full_enough():
+    assert layout.choose_methods([256, 32, 16, 2]) == ("h", "h")
+    assert layout.choose_methods([784, 64, 32, 10]) == ("v", "h")
+    assert layout.choose_methods([784, 256, 256, 10]) == ("v", "v")
+    assert layout.choose_methods([64, 44, 45, 65, 90, 2]) == ("h", "v", "h", "v")
+    m = random_model([784, 64, 32, 10])
+    assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=0" in layout.cflags(m)
+    assert layout.model_words(m).size == layout.offsets(m.sizes)["MODEL_WORDS"]
+
+
 def test_methods_are_checked():
     with pytest.raises(ValueError, match="per hidden layer"):
         layout.cflags(random_model([64, 8, 2]), methods=("v", "v"))
