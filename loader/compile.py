@@ -76,6 +76,7 @@ class Program:
     model: Model
     cflags: list[str]
     record_input: bool
+    methods: tuple[str, ...]  # of each hidden layer (loader/layout.py)
 
     def close(self):
         for fd in [self.prog_fd, *self.maps.values()]:
@@ -83,11 +84,12 @@ class Program:
         self.maps = {}
 
 
-def source_and_flags(model: Model, record_input: bool = False,
-                     defines: tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """defines: the variants of bpf/xdpnn.c's header comment (NN_FORWARD_ONLY, ...)."""
-    return SOURCE.read_text(), (layout.cflags(model, record_input) + [f"-D{d}" for d in defines]
-                                + [f"-I{BPF_DIR}"])
+def source_and_flags(model: Model, record_input: bool = False, defines: tuple[str, ...] = (),
+                     methods=None) -> tuple[str, list[str]]:
+    """defines: the variants of bpf/xdpnn.c's header comment (NN_FORWARD_ONLY, ...);
+    methods: each hidden layer's (tests force them; None is the codegen's choice)."""
+    return SOURCE.read_text(), (layout.cflags(model, record_input, methods)
+                                + [f"-D{d}" for d in defines] + [f"-I{BPF_DIR}"])
 
 
 def check_kernel_headers() -> None:
@@ -100,20 +102,24 @@ def check_kernel_headers() -> None:
                                   "linux-headers for this kernel (`sudo make setup` does it)")
 
 
-def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = ()) -> Program:
-    """Compiles and loads the program for model, puts the model in force."""
+def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (),
+          methods=None) -> Program:
+    """Compiles and loads the program for model, puts the model in force.
+    methods forces each hidden layer's method (tests, measurements); a
+    program built so must be given models with write_model(..., methods)."""
     if sys.byteorder != "little":
         raise MissingFeatureError("compile: the weight layout (docs/model-format.md) is "
                                   "little-endian, and this CPU is big-endian")
     import_bcc()  # here, so that a missing BCC is a clear error, and the child has it
     check_kernel_headers()
-    text, cflags = source_and_flags(model, record_input, defines)
+    methods = layout.check_methods(model.sizes, methods)
+    text, cflags = source_and_flags(model, record_input, defines, methods)
     names = ("nn_model_words",) + maps.MAP_NAMES + (("nn_last",) if record_input else ())
     prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, f"model {model.shape}")
     prog = Program(prog_fd=prog_fd, maps=fds, model=model, cflags=cflags,
-                   record_input=record_input)
+                   record_input=record_input, methods=methods)
     try:
-        fill_model(fds["nn_model_words"], model)  # the template is the first model's map
+        fill_model(fds["nn_model_words"], model, methods)  # the template: the first model's map
         put_model(fds["nn_model"], fds["nn_model_words"])
         # Ready to classify as built: the model's request port, all counts.
         port = model.input.get("port", DEFAULT_PORT)
@@ -209,9 +215,11 @@ def check_layouts(bpf, map_names: tuple[str, ...]) -> None:
                              f"loader/maps.py has {want}")
 
 
-def fill_model(inner_fd: int, model: Model) -> None:
-    """Writes model into an inner map that no packet reads yet."""
-    words = layout.model_words(model)
+def fill_model(inner_fd: int, model: Model, methods=None) -> None:
+    """Writes model into an inner map that no packet reads yet, laid out for
+    the methods the program was built with (None: the codegen's choice, a
+    function of the shape alone, so every later swap agrees with attach)."""
+    words = layout.model_words(model, methods)
     size = bpf_sys.map_info(inner_fd).value_size
     if size != words.nbytes:
         raise BuildError(f"fill map nn_model_words: value size is {size} bytes, model "
@@ -229,7 +237,7 @@ def model_map_id(outer_fd: int) -> int:
     return int.from_bytes(bpf_sys.map_lookup(outer_fd, 0, 4, "nn_model"), "little")
 
 
-def new_model_map(outer_fd: int, model: Model) -> int:
+def new_model_map(outer_fd: int, model: Model, methods=None) -> int:
     """A new inner map like the one in force, filled with model, not yet in
     force; the caller closes the fd it returns."""
     current = bpf_sys.map_fd_by_id(model_map_id(outer_fd))
@@ -238,16 +246,16 @@ def new_model_map(outer_fd: int, model: Model) -> int:
     finally:
         os.close(current)
     try:
-        fill_model(fd, model)
+        fill_model(fd, model, methods)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def write_model(outer_fd: int, model: Model) -> None:
+def write_model(outer_fd: int, model: Model, methods=None) -> None:
     """Puts model in force in place of the one there (tests; swap does it in steps)."""
-    fd = new_model_map(outer_fd, model)
+    fd = new_model_map(outer_fd, model, methods)
     try:
         put_model(outer_fd, fd)
     finally:

@@ -29,34 +29,119 @@ def pack_rows(bits: np.ndarray) -> np.ndarray:
     return np.packbits(padded, axis=1).view("<u8")
 
 
-def offsets(sizes: list[int]) -> dict[str, int]:
-    """Word offset of each array in the model value, in the order written."""
+# How a hidden layer counts mismatches (bpf/bnn.h, NN_L<l>_METHOD):
+# "h" horizontal, one neuron at a time, a SWAR popcount per weight word;
+# "v" vertical, 64 neurons at a time in bit-sliced counters.
+METHOD_IDS = {"h": 0, "v": 1}
+
+
+def horizontal(sizes: list[int]) -> tuple[str, ...]:
+    return ("h",) * (len(sizes) - 2)
+
+
+# Measured cost of a vertical transposed word (one input bit, 64 neurons)
+# over that of a horizontal weight word (64 input bits, one neuron), in ns
+# per inference: docs/benchmarks.md, "Hidden-layer methods".
+VERTICAL_WORD_COST = 0.7
+
+
+def choose_methods(sizes: list[int]) -> tuple[str, ...]:
+    """The method of each hidden layer: vertical where it costs less.  Both
+    methods go through the layer's input words once per neuron row or per
+    group, so the choice depends on the neuron count alone: a horizontal
+    layer pays for n_out rows, a vertical one for 64 lanes per group,
+    padding lanes included (32 neurons cost as much as 64)."""
+    return tuple("v" if VERTICAL_WORD_COST * 64 * groups(n_out) < n_out else "h"
+                 for n_out in sizes[1:-1])
+
+
+def check_methods(sizes: list[int], methods) -> tuple[str, ...]:
+    methods = choose_methods(sizes) if methods is None else tuple(methods)
+    if len(methods) != len(sizes) - 2 or not set(methods) <= set(METHOD_IDS):
+        raise ValueError(f"methods {methods!r}: one of {sorted(METHOD_IDS)} per hidden layer "
+                         f"of {len(sizes) - 2}")
+    return methods
+
+
+def vbits(n_in: int) -> int:
+    """Bit planes of a vertical layer's counts and limits: counts reach
+    n_in and limits n_in + 1; at least 6: the adder tree's 5 and one that
+    its carry ripples into (bpf/bnn.h bnn_hidden_v)."""
+    return max(6, (n_in + 1).bit_length())
+
+
+def groups(n_out: int) -> int:
+    return (n_out + 63) // 64
+
+
+def offsets(sizes: list[int], methods=None) -> dict[str, int]:
+    """Word offset of each array in the model value, in the order written;
+    methods None is the codegen's choice."""
+    methods = check_methods(sizes, methods)
     off, at = {}, 0
     for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         last = l == len(sizes) - 2
         name = "OUT" if last else f"L{l}"
+        vertical = not last and methods[l] == "v"
         off[f"{name}_W"] = at
-        at += n_out * words(n_in)
+        at += groups(n_out) * words(n_in) * 64 if vertical else n_out * words(n_in)
         if last:
             off["OUT_SCALE"], off["OUT_BIAS"] = at, at + n_out
             at += 2 * n_out
         else:
             off[f"{name}_T"] = at
-            at += n_out
+            at += groups(n_out) * vbits(n_in) if vertical else n_out
     off["MODEL_WORDS"] = at
     return off
 
 
-def model_words(model: Model) -> np.ndarray:
-    """The flat u64 array: the value of the model's map."""
+def lanes(planes: np.ndarray) -> np.ndarray:
+    """(rows, n) 0/1 -> (rows, groups) u64: value j of a row goes to lane
+    j % 64 of word j // 64, the activation word's layout (pack_rows)."""
+    return pack_rows(planes)
+
+
+def transposed(w: np.ndarray) -> np.ndarray:
+    """A vertical layer's weights: per group of 64 neurons, one word per
+    input bit position in its padded input words, in the order bpf/bnn.h
+    reads them: word k * 64 + p is physical bit p of input word k, which is
+    input bit 64k + (p & 0x38 | 7 - p & 7) (pack_rows's byte order)."""
+    n_out, n_in = w.shape
+    padded = np.zeros((n_out, words(n_in) * 64), np.uint8)
+    padded[:, :n_in] = w
+    by_input = lanes(padded.T)  # (inputs, groups): input i's weights of each group
+    p = np.arange(64)
+    order = (np.arange(words(n_in))[:, None] * 64 + ((p & 0x38) | (7 - (p & 7)))).ravel()
+    return by_input[order].T.ravel()  # group by group
+
+
+def limits(t: np.ndarray, n_in: int) -> np.ndarray:
+    """A vertical layer's limit planes, group by group.  Neuron j fires iff
+    n - 2d >= T_j, i.e. d <= (n - T_j) / 2, i.e. d < U_j = floor((n - T_j)/2)
+    + 1; U is clipped to [0, n + 1], which keeps "never" (T > n) and
+    "always" (T <= -n) as they are, as d is in [0, n]."""
+    u = np.clip((n_in - np.clip(t.astype(np.int64), -n_in - 2, n_in + 2)) // 2 + 1,
+                0, n_in + 1)
+    bits = vbits(n_in)
+    planes = (u[None, :] >> np.arange(bits)[:, None]) & 1  # (bits, n_out)
+    return lanes(planes.astype(np.uint8)).T.ravel()
+
+
+def model_words(model: Model, methods=None) -> np.ndarray:
+    """The flat u64 array, the value of the model's map; methods None is the
+    codegen's choice."""
+    methods = check_methods(model.sizes, methods)
     parts = []
     for l, w in enumerate(model.weights):
+        if l < len(model.thresholds) and methods[l] == "v":
+            parts += [transposed(w), limits(model.thresholds[l], model.sizes[l])]
+            continue
         parts.append(pack_rows(w).ravel())
         if l < len(model.thresholds):
             parts.append(model.thresholds[l].astype("<i8").view("<u8"))
     parts += [model.out_scale.astype("<i8").view("<u8"), model.out_bias.astype("<i8").view("<u8")]
     flat = np.concatenate(parts)
-    assert flat.size == offsets(model.sizes)["MODEL_WORDS"]
+    assert flat.size == offsets(model.sizes, methods)["MODEL_WORDS"]
     return flat
 
 
@@ -66,9 +151,11 @@ def tail_mask(n_bits: int) -> int:
     return int(pack_rows(np.ones((1, rem), np.uint8))[0, 0])
 
 
-def cflags(model: Model, record_input: bool = False) -> list[str]:
-    """The -D flags that give bpf/xdpnn.c the model's shape."""
+def cflags(model: Model, record_input: bool = False, methods=None) -> list[str]:
+    """The -D flags that give bpf/xdpnn.c the model's shape and each hidden
+    layer's method (methods None: the codegen's choice)."""
     s = model.sizes
+    methods = check_methods(s, methods)
     n_in = s[0]
     defs = {
         "NN_INPUT_MODE": INPUT_MODE_IDS[model.mode],
@@ -84,8 +171,9 @@ def cflags(model: Model, record_input: bool = False) -> list[str]:
     }
     for l in range(len(s) - 2):
         defs.update({f"NN_L{l}_IN": s[l], f"NN_L{l}_IN_WORDS": words(s[l]),
-                     f"NN_L{l}_OUT": s[l + 1]})
-    defs.update({f"NN_{k}": v for k, v in offsets(s).items()})
+                     f"NN_L{l}_OUT": s[l + 1], f"NN_L{l}_METHOD": METHOD_IDS[methods[l]],
+                     f"NN_L{l}_BITS": vbits(s[l])})
+    defs.update({f"NN_{k}": v for k, v in offsets(s, methods).items()})
     flags = [f"-D{k}={v}" for k, v in defs.items()]
     if record_input:
         flags.append("-DNN_RECORD_INPUT")

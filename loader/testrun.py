@@ -86,7 +86,7 @@ def expected(model: Model, frame: bytes, port: int) -> tuple[str, int | None, np
     return result, int(reference.predict(model, bits[None, :])[0]), bits
 
 
-def verify(model: Model, samples: int, seed: int = 0, progress=None) -> dict:
+def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=None) -> dict:
     """Random inputs through the kernel and the reference; counts mismatches.
 
     Payload mode sends random input bits as requests; headers mode sends
@@ -105,7 +105,7 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None) -> dict:
                          for f in frames])
     want = reference.predict(model, bits)
     started = time.monotonic()
-    prog = compile.build(model)
+    prog = compile.build(model, methods=methods) if methods else compile.build(model)
     mismatches, examples = 0, []
     try:
         runner = Runner(prog, port)
@@ -124,5 +124,6 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None) -> dict:
     return {"model": model.shape, "input": model.mode, "samples": samples, "seed": seed,
             "mismatches": mismatches, "examples": examples,
             "classes_seen": int(len(np.unique(want))),
-            "verified_insns": info.verified_insns,
+            "verified_insns": info.verified_insns, "xlated_insns": info.xlated_prog_len // 8,
+            "methods": "".join(prog.methods),
             "seconds": round(time.monotonic() - started, 2)}

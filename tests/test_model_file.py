@@ -445,15 +445,15 @@ def test_tail_mask(n, mask):
                                "MODEL_WORDS": 788}),
 ])
 def test_offsets(sizes, want):
-    assert layout.offsets(sizes) == want
+    assert layout.offsets(sizes, layout.horizontal(sizes)) == want
 
 
 @pytest.mark.parametrize("sizes", [[100, 7, 3], [64, 1, 2], [777, 65, 33, 9],
                                    [256, 32, 16, 8, 4, 64], [1024, 512, 512, 10]])
 def test_model_words_places_each_array_at_its_offset(sizes):
     m = random_model(sizes, seed=2)
-    flat = layout.model_words(m)
-    off = layout.offsets(sizes)
+    flat = layout.model_words(m, layout.horizontal(sizes))
+    off = layout.offsets(sizes, layout.horizontal(sizes))
     assert flat.size == off["MODEL_WORDS"] and flat.dtype == np.dtype("<u8")
     as_int = flat.view("<i8")
     names = [f"L{l}" for l in range(len(sizes) - 2)] + ["OUT"]

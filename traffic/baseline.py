@@ -124,7 +124,9 @@ class CBaselines:
         """Every baseline for this model on these input rows, checked
         against the reference; the weights and inputs are packed beforehand
         so that timing a call times the inference."""
-        m = np.ascontiguousarray(layout.model_words(model))
+        # The C baselines read the horizontal layout (rows of weight words).
+        hz = layout.horizontal(model.sizes)
+        m = np.ascontiguousarray(layout.model_words(model, hz))
         inputs = np.ascontiguousarray(layout.pack_rows(bits))
         sizes = np.array(model.sizes, np.int32)
         n = len(bits)
@@ -140,7 +142,7 @@ class CBaselines:
             call.keep = (m, sizes, inputs, out)  # the buffers the pointers point into
             return call
 
-        shape = layout.cflags(model)
+        shape = layout.cflags(model, methods=hz)
         lib, flags = self.build(FIXED, SCALAR + shape + ["-DBNN_SIMD=0"])
         runs = [Runner("c_fixed", f"{FIXED.name} scalar, {flags}",
                        c_call(lib.bnn_fixed, m.ctypes.data_as(ptr)), n)]

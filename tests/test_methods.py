@@ -1,0 +1,117 @@
+"""The hidden-layer methods of bpf/bnn.h (horizontal and vertical, see
+docs/datapath.md) forced layer by layer: each must give the reference's class
+on every input, whatever the codegen would have chosen.
+
+Tier 1 checks the vertical layout's arithmetic in Python; tier 2 runs the
+kernel (BPF_PROG_TEST_RUN) against trainer/reference.py."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from xdpnn.loader import layout, testrun
+from xdpnn.trainer.model import random_model
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 63, 64, 65, 100, 1024])
+def test_limits_fire_exactly_when_the_reference_does(n):
+    """d < U (the kernel's comparison) iff n - 2d >= T, for every count d
+    and thresholds from far below -n to far above n."""
+    t = np.array(sorted({-2**31, 2**31 - 1, *range(-n - 3, n + 4)}), np.int64)
+    words = layout.limits(t, n).reshape(layout.groups(t.size), layout.vbits(n))
+    # Undo the lanes: plane b of neuron j is bit NN_SHIFT(j % 64) of word b of group j // 64.
+    j = np.arange(t.size)
+    shift = (j & 0x38) | (7 - (j & 7))
+    planes = (words[j // 64][:, :] >> shift[:, None].astype(np.uint64)) & np.uint64(1)
+    u = (planes.astype(np.int64) << np.arange(layout.vbits(n))).sum(axis=1)
+    d = np.arange(n + 1)
+    assert np.array_equal(d[None, :] < u[:, None], n - 2 * d[None, :] >= t[:, None])
+
+
+def test_padding_lanes_never_fire():
+    words = layout.limits(np.full(65, -2**31, np.int64), 10)
+    planes = words.reshape(2, layout.vbits(10))
+    shift = (np.arange(1, 64) & 0x38) | (7 - (np.arange(1, 64) & 7))
+    assert not (planes[1][:, None] >> shift.astype(np.uint64) & np.uint64(1)).any()
+
+
+def test_transposed_word_holds_one_input_bit_of_64_neurons():
+    m = random_model([100, 70, 3], seed=4)
+    w = m.weights[0]
+    words = layout.transposed(w).reshape(2, 128)  # 2 groups, 2 input words of 64 positions
+    for j in (0, 5, 63, 64, 69):
+        lane = (j % 64 & 0x38) | (7 - (j % 64 & 7))
+        for i in (0, 1, 8, 63, 64, 99):
+            p = (i % 64 & 0x38) | (7 - (i % 64 & 7))  # input i's position in its word
+            assert (int(words[j // 64, i // 64 * 64 + p]) >> lane) & 1 == w[j, i]
+
+
+def test_codegen_goes_vertical_where_groups_are_full_enough():
+    assert layout.choose_methods([256, 32, 16, 2]) == ("h", "h")
+    assert layout.choose_methods([784, 64, 32, 10]) == ("v", "h")
+    assert layout.choose_methods([784, 256, 256, 10]) == ("v", "v")
+    assert layout.choose_methods([64, 44, 45, 65, 90, 2]) == ("h", "v", "h", "v")
+    m = random_model([784, 64, 32, 10])
+    assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=0" in layout.cflags(m)
+    assert layout.model_words(m).size == layout.offsets(m.sizes)["MODEL_WORDS"]
+
+
+def test_methods_are_checked():
+    with pytest.raises(ValueError, match="per hidden layer"):
+        layout.cflags(random_model([64, 8, 2]), methods=("v", "v"))
+    with pytest.raises(ValueError):
+        layout.offsets([64, 8, 2], methods=("x",))
+
+
+FORCED = [
+    # sizes, methods per hidden layer, samples
+    ([256, 32, 16, 2], "vv", 3000),
+    ([784, 64, 32, 10], "vh", 3000),
+    ([784, 64, 32, 10], "hv", 3000),
+    ([100, 16, 4], "v", 3000),                      # inputs not a multiple of 64
+    ([64, 1, 2], "v", 3000),                        # one hidden neuron
+    ([1, 1, 2], "v", 200),                          # one input bit
+    ([130, 65, 65, 3], "vv", 3000),                 # 65 neurons: a one-lane group
+    ([777, 40, 20, 5], "vh", 3000),
+    ([200, 64, 32, 16, 6], "vhv", 3000),
+    ([300, 128, 64, 32, 16, 8], "vvvv", 3000),      # four hidden layers
+    ([300, 128, 64, 32, 16, 8], "hvhv", 3000),
+    ([1024, 512, 512, 10], "vv", 3000),
+    ([1024, 512, 512, 512, 512, 64], "vvvv", 2000),  # every limit at once
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("sizes,methods,samples", FORCED,
+                         ids=[f"{'-'.join(map(str, s))}-{m}" for s, m, _ in FORCED])
+def test_forced_method_equals_reference(sizes, methods, samples):
+    samples = min(samples, int(os.environ.get("XDPNN_GOLDEN_SAMPLES_MAX", samples)))
+    res = testrun.verify(random_model(sizes, seed=sum(sizes)), samples, seed=len(methods),
+                         methods=tuple(methods))
+    assert res["methods"] == methods
+    assert res["mismatches"] == 0, res["examples"]
+    assert res["classes_seen"] >= 2 or sizes[0] == 1
+
+
+def extreme(sizes, seed):
+    """Thresholds at and beyond the ends of [-n, n]: neurons that always or
+    never fire, and those that fire only for all or no mismatches."""
+    m = random_model(sizes, seed=seed)
+    rng = np.random.default_rng(seed)
+    for l, t in enumerate(m.thresholds):
+        n = sizes[l]
+        picks = np.array([-2**31, -n - 1, -n, -n + 1, -n + 2, n - 2, n - 1, n, n + 1, n + 2,
+                          2**31 - 1, 0, 1, -1], np.int64)
+        extreme_ones = rng.random(t.size) < 0.5
+        t[extreme_ones] = rng.choice(picks, int(extreme_ones.sum()))
+    return m.validate()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("methods", ["hh", "vv"])
+@pytest.mark.parametrize("sizes", [[64, 70, 9, 4], [5, 66, 3, 3]], ids=["64-70-9-4", "5-66-3-3"])
+def test_extreme_thresholds_equal_reference(sizes, methods):
+    res = testrun.verify(extreme(sizes, seed=sizes[1]), 3000, seed=3, methods=tuple(methods))
+    assert res["mismatches"] == 0, res["examples"]
