@@ -58,6 +58,7 @@ def lib():
             "bpf_link_create": [ctypes.c_int, ctypes.c_int, ctypes.c_int, vp],
             "bpf_link_detach": [ctypes.c_int],
             "bpf_map_get_fd_by_id": [ctypes.c_uint32],
+            "bpf_btf_get_fd_by_id": [ctypes.c_uint32],
             "bpf_map_create": [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
                                ctypes.c_uint32, vp],
             "libbpf_num_possible_cpus": [],
@@ -122,12 +123,23 @@ class MapCreateOpts(ctypes.Structure):
 
 
 def map_create_like(fd: int, name: str) -> int:
-    """A new, empty map of the same type, sizes and flags as map fd (what an
-    array of maps requires of the maps put in it)."""
+    """A new, empty map of the same type, sizes, flags and BTF as map fd (what
+    an array of maps requires of the maps put in it: kernels before 6.2 also
+    compare what BTF tells of the value, so a copy without it is refused)."""
     info = map_info(fd)
-    opts = MapCreateOpts(sz=ctypes.sizeof(MapCreateOpts), map_flags=info.map_flags)
-    return _check(lib().bpf_map_create(info.type, name.encode(), info.key_size, info.value_size,
-                                       info.max_entries, ctypes.byref(opts)), f"create map {name}")
+    opts = MapCreateOpts(sz=ctypes.sizeof(MapCreateOpts), map_flags=info.map_flags,
+                         btf_key_type_id=info.btf_key_type_id,
+                         btf_value_type_id=info.btf_value_type_id)
+    btf_fd = _check(lib().bpf_btf_get_fd_by_id(info.btf_id), f"open the BTF of map {name}") \
+        if info.btf_id else None
+    try:
+        opts.btf_fd = btf_fd or 0
+        return _check(lib().bpf_map_create(info.type, name.encode(), info.key_size,
+                                           info.value_size, info.max_entries,
+                                           ctypes.byref(opts)), f"create map {name}")
+    finally:
+        if btf_fd is not None:
+            os.close(btf_fd)
 
 
 def map_fd_by_id(map_id: int) -> int:
@@ -241,7 +253,10 @@ class MapInfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
                 ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
                 ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * 16)]
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
+                ("btf_key_type_id", ctypes.c_uint32), ("btf_value_type_id", ctypes.c_uint32)]
 
 
 def obj_info(fd: int, info_type, what: str):
