@@ -178,7 +178,8 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
   sudo xdpnn attach veth0 --model model.npz
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=drop
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=redirect:mon0
-  sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic""", options=[
+  sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic
+  sudo xdpnn -n srv attach s0 --model model.npz --serve""", options=[
     arg("iface", type=IFNAME, help="interface to attach to"),
     arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
     arg("--peer", type=IFNAME, metavar="IFACE2",
@@ -191,6 +192,9 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
     arg("--action", action="append", default=[], metavar="CLASS=ACTION", help=ACTION_HELP),
     arg("--xdp-mode", choices=("native", "generic"), default="native",
         help="driver XDP (default) or generic (skb) XDP"),
+    arg("--serve", action="store_true",
+        help="payload mode: answer requests with a header (docs/serving.md) from XDP, "
+             "XDP_TX, over IPv4 and IPv6; see `xdpnn query`"),
 ])
 def cmd_attach(args):
     from xdpnn.loader import datapath
@@ -198,10 +202,11 @@ def cmd_attach(args):
         return print_ebpf(datapath.load_model(args.model))
     rec = datapath.attach(args.iface, args.model, peer=args.peer, input_mode=args.input,
                           port=args.port, actions=args.action, xdp_mode=args.xdp_mode,
-                          ns=args.netns)
+                          ns=args.netns, serve=args.serve)
     where = f" (netns {args.netns})" if args.netns else ""
     peer = f", forwarding to {args.peer}" if args.peer else ""
     port = f" port {rec['port']}" if rec["port"] else ""
+    port += ", serving" if rec["serve"] else ""
     out(args, rec, f"attached {rec['model']['shape']} ({rec['input']}{port}) to "
                    f"{args.iface}{where}{peer}, {args.xdp_mode} mode")
 
@@ -233,6 +238,7 @@ def cmd_status(args):
         ns = f" (netns {r['netns']})" if r.get("netns") else ""
         peer = f" <-> {r['peer']}" if r.get("peer") else ""
         port = f" port {r['port']}" if r.get("port") else ""
+        port += ", serving requests" if r.get("serve") else ""
         acts = ", ".join(f"{c}={a}" for c, a in r["actions"].items() if a != "count")
         lines.append(f"{r['iface']}{peer}{ns}: {r['state']}, {r['xdp_mode']} mode, prog id "
                      f"{r['prog_id']}\n  model {r['model']['shape']} {r['model']['path']} "
@@ -290,6 +296,10 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append(f"  {group}: {counts(group, s)}")
     for i, d in sides.items():
         lines.append(f"  from {i}: input {counts('input', d)}; verdict {counts('verdict', d)}")
+    for name, e in s.get("serve", {}).items():
+        status = ", ".join(f"{k} {v}" for k, v in e["status"].items() if v) or "none"
+        lines.append(f"  serve {name}: {e['requests']} requests, {e['replies']} replies; "
+                     f"status: {status}")
     return "\n".join(lines)
 
 
