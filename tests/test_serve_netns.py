@@ -149,3 +149,35 @@ def test_malformed_requests_get_their_error_reply_or_are_dropped(pair, tmp_path)
         sum(v for k, v in want.items() if k not in ("short_header", "not_request"))
     assert s["input"]["request_error"] == sum(v for k, v in want.items() if k != "ok")
     assert s["verdict"]["drop"] == want["short_header"] + want["not_request"]
+
+
+def test_query_command(pair, tmp_path):
+    model = random_model([256, 32, 16, 4], seed=3)
+    bits = np.random.default_rng(3).integers(0, 2, (50, 256), dtype=np.uint8)
+    want = reference.predict(model, bits).tolist()
+    hexfile = tmp_path / "inputs.hex"
+    hexfile.write_text("# one input per line\n" +
+                       "".join(reference.bytes_from_bits(b).hex() + "\n" for b in bits))
+    pcap = tmp_path / "requests.pcap"
+    packets.write_pcap(str(pcap), [packets.request(reference.bytes_from_bits(b), PORT)
+                                   for b in bits])
+
+    def query(*args):
+        return json.loads(cli.xdpnn("-n", pair[0], "-j", "query", *args, check=True).stdout)
+    with served(pair, model, tmp_path):
+        closed = query(ADDRS["s0"][0], "--count", "2000", "--inflight", "8")
+        opened = query(ADDRS["s0"][1], "--rate", "2000", "--count", "400", "--bytes", "40")
+        each = query(ADDRS["s0"][0], "--inputs", hexfile, "--each", "--scores")
+        from_pcap = query(ADDRS["s0"][1], "--pcap", pcap, "--each")
+        timed = query(ADDRS["s0"][0], "--rate", "100", "--count", "100000", "--max-seconds",
+                      "0.5")
+        unknown = query(ADDRS["s0"][0], "--model-id", "3", "--count", "5")
+    assert (closed["sent"], closed["received"], closed["lost"]) == (2000, 2000, 0)
+    assert closed["status"] == {"ok": 2000} and sum(closed["classes"].values()) == 2000
+    assert set(closed["rtt_us"]) == {"p50", "p90", "p99", "max"}
+    assert opened["received"] == 400 and 0.15 < opened["seconds"] < 5
+    for rep in (each, from_pcap):
+        assert [r["class"] for r in rep["replies"]] == want
+    assert [r["scores"] for r in each["replies"]] == reference.scores(model, bits).tolist()
+    assert 30 <= timed["sent"] <= 60 and timed["lost"] == 0  # 0.5 s at 100/s
+    assert unknown["status"] == {"unknown_model": 5} and unknown["classes"] == {}
