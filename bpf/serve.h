@@ -170,9 +170,11 @@ static __always_inline int serve_parse(struct xdp_md *ctx, const struct nn_confi
 	return NN_IN_REQUEST_ERROR;
 }
 
-static __always_inline __u16 nn_csum_fold(__u64 sum)
+/* sum: a bpf_csum_diff result, which is 32 bits wide: 6.1 returns them
+ * unfolded, and BCC declares the helper to return an int, so a sum held in
+ * a wider signed type would be sign-extended, and lose a carry here. */
+static __always_inline __u16 nn_csum_fold(__u32 sum)
 {
-	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return ~sum;
@@ -189,7 +191,7 @@ static __always_inline int serve_write(struct xdp_md *ctx, const struct nn_req *
 	const __u32 body = NN_SRV_OFF_SCORES + 8 * n_scores; /* the UDP payload */
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
-	__s64 sum;
+	__u32 sum;
 	if (!req->ip6) {
 		struct iphdr *ip = (void *)(eth + 1);
 		udp = (void *)(ip + 1);
