@@ -16,6 +16,19 @@
  * a packet pointer; the mask restores the range. */
 #define BOUND16(x) asm volatile("%0 &= 0xffff" : "+r"(x))
 
+/* counters[idx]++ if idx < n; mask (a literal, 2^k - 1 >= n - 1) keeps the
+ * index in the array for the verifier.  In assembly, so that the register
+ * that indexes is the one bounded: clang may compare one copy of idx and
+ * index with another, which the verifier then finds unbounded. */
+#define NN_COUNT(counters, idx, n, mask)                         \
+	do {                                                     \
+		__u64 i_ = (__u32)(idx);                         \
+		if (i_ < (n)) {                                  \
+			asm volatile("%0 &= " #mask : "+r"(i_)); \
+			(counters)[i_]++;                        \
+		}                                                \
+	} while (0)
+
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 #define IP_MF_ 0x2000
@@ -63,35 +76,55 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct l3 *out
 	return NN_IN_CLASSIFIED;
 }
 
+/* A UDP datagram to cfg->udp_port, from its L4 bytes (l4_len of them per
+ * the IP header): its payload and payload length, or why it is not one. */
+static __always_inline int udp_to_port(void *l4, __u32 l4_len, void *data_end,
+				       const struct nn_config *cfg, __u8 **payload, __u32 *len)
+{
+	struct udphdr *udp = l4;
+	if ((void *)(udp + 1) > data_end || l4_len < sizeof(*udp))
+		return NN_IN_TRUNCATED;
+	if (udp->dest != bpf_htons(cfg->udp_port))
+		return NN_IN_OTHER;
+	__u32 udp_len = bpf_ntohs(udp->len);
+	if (udp_len < sizeof(*udp) || udp_len > l4_len)
+		return NN_IN_MALFORMED;
+	*payload = (void *)(udp + 1);
+	*len = udp_len - sizeof(*udp);
+	return NN_IN_CLASSIFIED;
+}
+
+/* The model's input bits from p, bit 0 = the MSB of the first byte; the
+ * caller has checked that p + NN_IN_BYTES is inside the frame. */
+static __always_inline void load_input(const __u8 *p, __u64 *x)
+{
+	/* Whole words load as they are: the weights are packed in the same byte
+	 * order (docs/model-format.md), so no byte swapping is needed. */
+#pragma unroll
+	for (int k = 0; k < NN_IN_WORDS - 1; k++)
+		x[k] = *(__u64 *)(p + 8 * k);
+	x[NN_IN_WORDS - 1] = 0;
+	__builtin_memcpy(&x[NN_IN_WORDS - 1], p + 8 * (NN_IN_WORDS - 1),
+			 NN_IN_BYTES - 8 * (NN_IN_WORDS - 1));
+	x[NN_IN_WORDS - 1] &= NN_IN_TAIL_MASK;
+}
+
 #if NN_INPUT_MODE == NN_INPUT_PAYLOAD
 /* Payload mode: the inputs are the first NN_IN_BYTES of the payload of a UDP
- * datagram sent to cfg->udp_port, bit 0 = the MSB of the first byte. */
+ * datagram sent to cfg->udp_port. */
 static __always_inline int mode_input(struct l3 l3, void *data_end, const struct nn_config *cfg,
 				      __u64 *x, __u64 *record)
 {
 	if (l3.ip->protocol != IPPROTO_UDP)
 		return NN_IN_OTHER;
-	struct udphdr *udp = l3.l4;
-	if ((void *)(udp + 1) > data_end || l3.l4_len < sizeof(*udp))
-		return NN_IN_TRUNCATED;
-	if (udp->dest != bpf_htons(cfg->udp_port))
-		return NN_IN_OTHER;
-	__u32 udp_len = bpf_ntohs(udp->len);
-	if (udp_len < sizeof(*udp) || udp_len > l3.l4_len)
-		return NN_IN_MALFORMED;
-	__u8 *payload = (void *)(udp + 1);
-	if (udp_len - sizeof(*udp) < NN_IN_BYTES || (void *)payload + NN_IN_BYTES > data_end)
+	__u8 *payload;
+	__u32 len;
+	int r = udp_to_port(l3.l4, l3.l4_len, data_end, cfg, &payload, &len);
+	if (r != NN_IN_CLASSIFIED)
+		return r;
+	if (len < NN_IN_BYTES || (void *)payload + NN_IN_BYTES > data_end)
 		return NN_IN_SHORT_PAYLOAD;
-
-	/* Whole words load as they are: the weights are packed in the same byte
-	 * order (docs/model-format.md), so no byte swapping is needed. */
-#pragma unroll
-	for (int k = 0; k < NN_IN_WORDS - 1; k++)
-		x[k] = *(__u64 *)(payload + 8 * k);
-	x[NN_IN_WORDS - 1] = 0;
-	__builtin_memcpy(&x[NN_IN_WORDS - 1], payload + 8 * (NN_IN_WORDS - 1),
-			 NN_IN_BYTES - 8 * (NN_IN_WORDS - 1));
-	x[NN_IN_WORDS - 1] &= NN_IN_TAIL_MASK;
+	load_input(payload, x);
 	return NN_IN_CLASSIFIED;
 }
 

@@ -84,4 +84,6 @@ META_BYTES = DEFINES["NN_META_BYTES"]
 SIDES = DEFINES["NN_SIDES"]
 TX_TARGETS = DEFINES["NN_TX_TARGETS"]
 TX_SLOTS = DEFINES["NN_TX_SLOTS"]
+SERVE_STATUS = python_names(ENUMS["nn_srv_status"])    # ok, bad_magic, ...
+SRV = {k[len("NN_SRV_"):].lower(): v for k, v in DEFINES.items() if k.startswith("NN_SRV_")}
 INPUT_MODES = {"payload": DEFINES["NN_INPUT_PAYLOAD"], "headers": DEFINES["NN_INPUT_HEADERS"]}

@@ -11,7 +11,9 @@
  * Two benchmark variants (traffic/bench.py), off unless defined:
  *   NN_FORWARD_ONLY  skip parsing and inference: the default path alone, the
  *                    baseline that inference is compared against;
- *   NN_REFLECT       the default path is XDP_TX (back out of the ingress port). */
+ *   NN_REFLECT       the default path is XDP_TX (back out of the ingress port).
+ * And NN_SERVE (attach --serve, payload models): requests with a header are
+ * answered from here with XDP_TX (serve.h, docs/serving.md). */
 #include "xdpnn_shared.h"
 
 #ifndef NN_INPUT_MODE
@@ -24,8 +26,12 @@
 
 #include "parse.h"
 #include "bnn.h"
+#ifdef NN_SERVE
+#include "serve.h"
+#endif
 
 /* nn_counters.verdict is indexed by the returned XDP action. */
+_Static_assert(NN_VERDICT__COUNT <= 8, "NN_COUNT's mask for verdicts is 7");
 _Static_assert(NN_VERDICT_ABORTED == XDP_ABORTED && NN_VERDICT_DROP == XDP_DROP &&
 	       NN_VERDICT_PASS == XDP_PASS && NN_VERDICT_TX == XDP_TX &&
 	       NN_VERDICT_REDIRECT == XDP_REDIRECT, "enum nn_verdict must follow enum xdp_action");
@@ -65,8 +71,17 @@ struct nn_scratch {
 	__u64 a[NN_MAX_WORDS];
 	__u64 b[NN_MAX_WORDS];
 	__u64 record[NN_FEATURE_BYTES / 8]; /* headers mode: the feature record */
+#ifdef NN_SERVE
+	struct nn_req req;                  /* the request being answered */
+	__u64 scores[NN_CLASSES];           /* its scores, big endian */
+#endif
 };
 BPF_PERCPU_ARRAY(nn_scratch, struct nn_scratch, 1);
+
+/* Serving counters per model id (entry NN_SRV_MODELS: the rest); written by
+ * the program, read by `xdpnn stats`.  Declared in every build, so every
+ * datapath pins the same maps. */
+BPF_PERCPU_ARRAY(nn_serve, struct nn_serve_counters, NN_SRV_MODELS + 1);
 
 #ifdef NN_RECORD_INPUT
 /* Debug builds only (predict, tests): the last input the model saw. */
@@ -88,10 +103,21 @@ static __always_inline int forward(struct xdp_md *ctx, const struct nn_config *c
 	return nn_tx_port.redirect_map(out, XDP_PASS);
 }
 
+#ifdef NN_SERVE
+/* Replies to the request in s (or drops it), counted under its model id. */
+static __always_inline int answer(struct xdp_md *ctx, struct nn_scratch *s)
+{
+	__u32 key = s->req.counters;
+	struct nn_serve_counters *sc = nn_serve.lookup(&key);
+	if (!sc)
+		return XDP_DROP; /* cannot happen: serve_parse keeps it <= NN_SRV_MODELS */
+	return serve_reply(ctx, &s->req, s->scores, sc);
+}
+#endif
+
 static __always_inline int verdict(struct nn_counters *c, int v)
 {
-	if (v >= 0 && v < NN_VERDICT__COUNT)
-		c->verdict[v]++;
+	NN_COUNT(c->verdict, v, NN_VERDICT__COUNT, 7);
 	return v;
 }
 
@@ -113,7 +139,11 @@ int xdpnn(struct xdp_md *ctx)
 #endif
 
 	/* s->a holds the input, then alternates with s->b as layers run. */
+#ifdef NN_SERVE
+	int r = serve_parse(ctx, cfg, s->a, &s->req);
+#else
 	int r = extract_input(ctx, cfg, s->a, s->record);
+#endif
 #ifdef NN_RECORD_INPUT
 	struct nn_last_input *last = nn_last.lookup(&zero);
 	if (last) {
@@ -125,6 +155,10 @@ int xdpnn(struct xdp_md *ctx)
 	if (r != NN_IN_CLASSIFIED) {
 		if (r > 0 && r < NN_IN__COUNT)
 			c->input[r]++;
+#ifdef NN_SERVE
+		if (r == NN_IN_REQUEST_ERROR)
+			return verdict(c, answer(ctx, s));
+#endif
 		return verdict(c, forward(ctx, cfg));
 	}
 	c->input[NN_IN_CLASSIFIED]++;
@@ -139,6 +173,19 @@ int xdpnn(struct xdp_md *ctx)
 #ifdef NN_RECORD_INPUT
 	if (last)
 		last->cls = cls;
+#endif
+#ifdef NN_SERVE
+	/* A request is answered whatever its class's action.  bnn_infer leaves
+	 * the last hidden layer in b after an odd number of layers, else in a;
+	 * the scores are recomputed from it, bnn_output's own, never kept. */
+	s->req.cls = cls;
+	if (s->req.hdr.flags & NN_SRV_F_SCORES) {
+		const __u64 *h = NN_HIDDEN % 2 ? s->b : s->a;
+#pragma clang loop unroll(disable)
+		for (int j = 0; j < NN_CLASSES; j++)
+			s->scores[j] = __builtin_bswap64(bnn_score(m, h, j));
+	}
+	return verdict(c, answer(ctx, s));
 #endif
 
 	switch (cfg->action[cls]) {

@@ -49,6 +49,7 @@ enum nn_input_result {
 	NN_IN_MALFORMED,     /* a header field is impossible (IHL < 5, ...) */
 	NN_IN_FRAGMENT,      /* IPv4 fragment: no complete L4 to read */
 	NN_IN_SHORT_PAYLOAD, /* a request with fewer payload bytes than inputs */
+	NN_IN_REQUEST_ERROR, /* serving: a request answered or dropped with an error status */
 	NN_IN__COUNT,
 };
 
@@ -77,6 +78,54 @@ struct nn_counters {
 	__u64 input[NN_IN__COUNT];       /* enum nn_input_result */
 	__u64 verdict[NN_VERDICT__COUNT]; /* enum nn_verdict */
 	__u64 class_packets[NN_MAX_CLASSES];
+};
+
+/* Serving (attach --serve, docs/serving.md): a request is a UDP datagram to
+ * the port whose payload is a NN_SRV_HDR_BYTES header, then the input bits;
+ * the program answers it with XDP_TX.  Multi-byte fields are big endian.
+ * The NN_SRV_OFF_* are byte offsets in the UDP payload (xdpnn.c checks them
+ * against the structs below; Python reads them here). */
+#define NN_SRV_MAGIC 22606     /* 0x584E, "XN" */
+#define NN_SRV_VERSION 1
+#define NN_SRV_HDR_BYTES 16
+#define NN_SRV_OFF_MAGIC 0     /* u16 */
+#define NN_SRV_OFF_VERSION 2   /* u8 */
+#define NN_SRV_OFF_FLAGS 3     /* u8: NN_SRV_F_* */
+#define NN_SRV_OFF_MODEL 4     /* u16: model id; 0 is the attached model */
+#define NN_SRV_OFF_LENGTH 6    /* u16: bytes after the header */
+#define NN_SRV_OFF_ID 8        /* u64: request id, echoed in the reply */
+/* The reply: the request's header (flags | NN_SRV_F_REPLY, our version and
+ * magic), then status, class, the number of scores and the scores (s64). */
+#define NN_SRV_OFF_STATUS 16   /* u8: enum nn_srv_status */
+#define NN_SRV_OFF_CLASS 17    /* u8: NN_SRV_NO_CLASS unless the status is ok */
+#define NN_SRV_OFF_NSCORES 18  /* u16: 0, or the model's classes with NN_SRV_F_SCORES */
+#define NN_SRV_OFF_SCORES 20   /* s64 each: scale * a + bias of each class */
+#define NN_SRV_F_SCORES 1      /* request: append the output scores */
+#define NN_SRV_F_REPLY 128     /* set in replies; a datagram with it is never answered */
+#define NN_SRV_NO_CLASS 255
+#define NN_SRV_TTL 64          /* IPv4 TTL and IPv6 hop limit of replies */
+/* nn_serve has one entry per model id below NN_SRV_MODELS, and one more for
+ * everything else: higher ids, and errors found before the model id is read. */
+#define NN_SRV_MODELS 16
+
+/* A reply's status; the last three are never sent (the frame is dropped). */
+enum nn_srv_status {
+	NN_SRV_OK = 0,
+	NN_SRV_BAD_MAGIC,
+	NN_SRV_BAD_VERSION,
+	NN_SRV_UNKNOWN_MODEL,  /* no model has this id */
+	NN_SRV_SHORT_INPUT,    /* the length field, or the datagram, is short of the model's inputs */
+	NN_SRV_SHORT_HEADER,   /* dropped: fewer payload bytes than the header */
+	NN_SRV_NOT_REQUEST,    /* dropped: NN_SRV_F_REPLY is set */
+	NN_SRV_NO_ROOM,        /* dropped: the frame could not grow to the reply's length */
+	NN_SRV__COUNT,
+};
+
+/* Per-CPU serving counters, one entry per model id (NN_SRV_MODELS + 1). */
+struct nn_serve_counters {
+	__u64 requests;               /* datagrams to the port with a UDP payload */
+	__u64 replies;                /* answered with XDP_TX (ok and error replies) */
+	__u64 status[NN_SRV__COUNT];  /* enum nn_srv_status */
 };
 
 #endif

@@ -166,7 +166,8 @@ def test_run(prog_fd: int, frame: bytes, repeat: int = 1, flags: int = 0,
              batch_size: int = 0) -> tuple[int, int, bytes]:
     """BPF_PROG_TEST_RUN: returns (XDP verdict, average ns per run, frame out)."""
     data_in = ctypes.create_string_buffer(frame, len(frame))
-    out_size = 0 if flags & BPF_F_TEST_XDP_LIVE_FRAMES else len(frame) + 256
+    # Room for a frame the program grew (a reply with scores: up to 552 bytes).
+    out_size = 0 if flags & BPF_F_TEST_XDP_LIVE_FRAMES else len(frame) + 1024
     data_out = ctypes.create_string_buffer(max(out_size, 1))
     opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), repeat=repeat, flags=flags,
                        batch_size=batch_size, data_size_in=len(frame),

@@ -7,6 +7,7 @@ options.  docs/commands.md is their manual.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
@@ -71,6 +72,7 @@ SECONDS = float_in(0, 86400)
 IFNAME = _typed(check_ifname, "an interface name (1..15 bytes, no '/', ':', '@' or spaces)")
 NETNS = _typed(check_netns_name, "a network namespace name (no '/', not '.' or '..')")
 SHAPE = _typed(_shape, "sizes joined by '-', like 784-64-32-10")
+ADDRESS = _typed(lambda t: str(ipaddress.ip_address(t)), "an IPv4 or IPv6 address")
 
 
 def shape_sizes(shape: str) -> list[int]:
@@ -178,7 +180,8 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
   sudo xdpnn attach veth0 --model model.npz
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=drop
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=redirect:mon0
-  sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic""", options=[
+  sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic
+  sudo xdpnn -n srv attach s0 --model model.npz --serve""", options=[
     arg("iface", type=IFNAME, help="interface to attach to"),
     arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
     arg("--peer", type=IFNAME, metavar="IFACE2",
@@ -191,6 +194,9 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
     arg("--action", action="append", default=[], metavar="CLASS=ACTION", help=ACTION_HELP),
     arg("--xdp-mode", choices=("native", "generic"), default="native",
         help="driver XDP (default) or generic (skb) XDP"),
+    arg("--serve", action="store_true",
+        help="payload mode: answer requests with a header (docs/serving.md) from XDP, "
+             "XDP_TX, over IPv4 and IPv6; see `xdpnn query`"),
 ])
 def cmd_attach(args):
     from xdpnn.loader import datapath
@@ -198,10 +204,11 @@ def cmd_attach(args):
         return print_ebpf(datapath.load_model(args.model))
     rec = datapath.attach(args.iface, args.model, peer=args.peer, input_mode=args.input,
                           port=args.port, actions=args.action, xdp_mode=args.xdp_mode,
-                          ns=args.netns)
+                          ns=args.netns, serve=args.serve)
     where = f" (netns {args.netns})" if args.netns else ""
     peer = f", forwarding to {args.peer}" if args.peer else ""
     port = f" port {rec['port']}" if rec["port"] else ""
+    port += ", serving" if rec["serve"] else ""
     out(args, rec, f"attached {rec['model']['shape']} ({rec['input']}{port}) to "
                    f"{args.iface}{where}{peer}, {args.xdp_mode} mode")
 
@@ -233,6 +240,7 @@ def cmd_status(args):
         ns = f" (netns {r['netns']})" if r.get("netns") else ""
         peer = f" <-> {r['peer']}" if r.get("peer") else ""
         port = f" port {r['port']}" if r.get("port") else ""
+        port += ", serving requests" if r.get("serve") else ""
         acts = ", ".join(f"{c}={a}" for c, a in r["actions"].items() if a != "count")
         lines.append(f"{r['iface']}{peer}{ns}: {r['state']}, {r['xdp_mode']} mode, prog id "
                      f"{r['prog_id']}\n  model {r['model']['shape']} {r['model']['path']} "
@@ -290,6 +298,10 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append(f"  {group}: {counts(group, s)}")
     for i, d in sides.items():
         lines.append(f"  from {i}: input {counts('input', d)}; verdict {counts('verdict', d)}")
+    for name, e in s.get("serve", {}).items():
+        status = ", ".join(f"{k} {v}" for k, v in e["status"].items() if v) or "none"
+        lines.append(f"  serve {name}: {e['requests']} requests, {e['replies']} replies; "
+                     f"status: {status}")
     return "\n".join(lines)
 
 
@@ -505,6 +517,99 @@ def cmd_send(args):
         raise XdpnnError(f"send on {args.iface}: {e.strerror or e}") from None
     out(args, {"iface": args.iface, "sent": sent, "requested": len(frames)},
         f"sent {sent} of {len(frames)} frames on {args.iface}")
+
+
+@command("query", "send requests to a model served from XDP (attach --serve) and report "
+                  "classes, losses, throughput and round-trip times", """
+  xdpnn -n client query 198.18.1.2 --count 1000               1000 random 32-byte inputs
+  xdpnn -n client query 2001:2:0:1::2 --count 10000 --inflight 16 --scores -j
+  xdpnn -n client query 198.18.1.2 --rate 2000 --max-seconds 5 --bytes 98
+  xdpnn query 198.18.1.2 --inputs inputs.hex --each            one input per line, in hex
+  xdpnn query 198.18.1.2 --pcap requests.pcap                  the UDP payloads of a capture
+
+Closed loop (default): --inflight requests outstanding at a time.  Open
+loop: --rate requests per second, whatever comes back.  Either way at most
+--count requests for at most --max-seconds, then one --timeout for the last
+replies; a reply that does not come within --timeout is lost.  Root only
+for -n.""", root=False, options=[
+    arg("server", type=ADDRESS, help="the server's address (IPv4 or IPv6)"),
+    arg("--port", type=PORT, default=DEFAULT_PORT, help=f"the server's port ({DEFAULT_PORT})"),
+    arg("--model-id", type=int_in(0, 65535), default=0, help="model id (0: the attached model)"),
+    one_of(arg("--bytes", type=int_in(1, 1400), help="random inputs of this many bytes (32)"),
+           arg("--inputs", metavar="FILE", help="inputs from a file, one per line in hex"),
+           arg("--pcap", metavar="FILE",
+               help="inputs from the UDP payloads of a pcap (a request header is stripped)"),
+           required=False),
+    arg("--count", type=int_in(1, 10**8),
+        help="requests to send (100; with --inputs or --pcap, one per input)"),
+    one_of(arg("--rate", type=float_in(0, 10**7), help="open loop: requests per second"),
+           arg("--inflight", type=int_in(1, 4096), help="closed loop: requests outstanding (1)"),
+           required=False),
+    arg("--max-seconds", type=SECONDS, default=10.0, help="stop sending after this long (10)"),
+    arg("--timeout", type=float_in(0, 60), default=1.0, help="seconds to wait for a reply (1)"),
+    arg("--scores", action="store_true", help="ask for the output scores too"),
+    arg("--seed", type=SEED, default=0, help="seed of the random inputs"),
+    arg("--each", action="store_true", help="also print every reply"),
+])
+def cmd_query(args):
+    from xdpnn import client
+    inputs = query_inputs(args)
+    with client.Client(args.server, args.port, args.model_id, args.netns, args.timeout) as c:
+        rep = c.run(inputs, count=args.count or (len(inputs) if args.inputs or args.pcap else 100),
+                    rate=args.rate, inflight=args.inflight or 1, max_seconds=args.max_seconds,
+                    scores=args.scores, keep=args.each)
+    replies = rep.pop("replies", [])
+    rtt = rep["rtt_us"]
+    lines = [f"query {rep['server']}, model {rep['model']}: {rep['sent']} sent, "
+             f"{rep['received']} replies, {rep['lost']} lost in {rep['seconds']} s "
+             f"({rep['replies_per_s']:.0f} replies/s, {rep['mode']})",
+             "  status: " + (", ".join(f"{k} {v}" for k, v in rep["status"].items()) or "none"),
+             "  classes: " + (", ".join(f"{k}: {v}" for k, v in rep["classes"].items())
+                              or "none")]
+    if rtt:
+        lines.append("  rtt us: " + "  ".join(f"{k} {v}" for k, v in rtt.items()))
+    if args.each:
+        rep["replies"] = [None if r is None else
+                          {"id": r.id, "status": r.status, "class": r.cls, "scores": r.scores,
+                           "rtt_us": round(r.rtt * 1e6, 1)} for r in replies]
+        lines += [f"  {i:>6}  " + ("lost" if r is None else
+                                   f"id {r['id']} {r['status']} class {r['class']} "
+                                   f"rtt {r['rtt_us']} us" +
+                                   (f" scores {r['scores']}" if r["scores"] else ""))
+                  for i, r in enumerate(rep["replies"])]
+    out(args, rep, "\n".join(lines))
+
+
+def query_inputs(args) -> list[bytes]:
+    """The inputs of `query`: random, from a hex file, or from a pcap's UDP payloads."""
+    if args.inputs:
+        with open(args.inputs) as f:
+            lines = [ln.split("#")[0].strip() for ln in f]
+        try:
+            inputs = [bytes.fromhex(ln) for ln in lines if ln]
+        except ValueError as e:
+            raise UsageError(f"--inputs {args.inputs}: not one hex input per line ({e})") from None
+    elif args.pcap:
+        from scapy.all import UDP, Ether
+
+        from xdpnn.bpf.shared import SRV
+        args.hex = None
+        inputs = []
+        for f in read_frames(args):
+            udp = Ether(f).getlayer(UDP)
+            payload = bytes(udp.payload) if udp is not None else b""
+            if payload[:3] == SRV["magic"].to_bytes(2, "big") + bytes([SRV["version"]]):
+                payload = payload[SRV["hdr_bytes"]:]  # already a request: its input
+            if payload:
+                inputs.append(payload)
+    else:
+        import numpy as np
+        rng = np.random.default_rng(args.seed)
+        inputs = [rng.integers(0, 256, args.bytes or 32, dtype=np.uint8).tobytes()
+                  for _ in range(min(args.count or 100, 1 << 16))]
+    if not inputs:
+        raise UsageError("query: no inputs (an empty file, or a pcap without UDP payloads)")
+    return inputs
 
 
 @command("train", "train a binarized network on labeled data and export it to a model file, "

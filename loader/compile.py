@@ -271,6 +271,13 @@ def write_config(map_fd: int, cfg: maps.Config) -> None:
     bpf_sys.map_update(map_fd, 0, bytes(cfg), "nn_config")
 
 
+def read_serve_counters(map_fd: int) -> list[dict]:
+    """nn_serve: one entry per model id below maps.SRV["models"], then the rest."""
+    n = bpf_sys.possible_cpus()
+    return [maps.sum_serve(bpf_sys.map_lookup(map_fd, k, n * ctypes.sizeof(maps.ServeCounters),
+                                              "nn_serve"), n) for k in range(maps.SERVE_ENTRIES)]
+
+
 def read_counters(map_fd: int, side: int | None = None) -> dict:
     """Counters of one ingress side (0: IFACE, 1: the peer), or of both summed."""
     n = bpf_sys.possible_cpus()

@@ -145,8 +145,9 @@ def model_summary(model: model_file.Model, path: str) -> dict:
 
 def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str | None = None,
            port: int | None = None, actions: list[str] = (), xdp_mode: str = "native",
-           ns: str | None = None) -> dict:
-    """Validates, compiles, fills maps, pins and attaches; all or nothing."""
+           ns: str | None = None, serve: bool = False) -> dict:
+    """Validates, compiles, fills maps, pins and attaches; all or nothing.
+    serve: answer requests to the port with XDP_TX (docs/serving.md)."""
     model = load_model(model_path)
     if input_mode and input_mode != model.mode:
         model.input = {"mode": input_mode}
@@ -158,16 +159,19 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     if port is not None and model.mode == "headers":
         raise UsageError(f"--port {port}: headers mode has no request port (it classifies "
                          "every IPv4 packet)")
+    if serve and model.mode != "payload":
+        raise UsageError("--serve: serving reads inputs from requests, so it needs payload "
+                         "input (--input payload)")
     port = port or model.input.get("port") or model_file.DEFAULT_PORT
     if peer == iface:
         raise UsageError(f"--peer {peer}: the peer must be another interface")
     acts = parse_actions(list(actions), model.classes)
     ensure_bpffs()
     with writer_lock(iface, ns):
-        return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns)
+        return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve)
 
 
-def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns) -> dict:
+def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve) -> dict:
     pdir = pin_dir(iface, ns)
     if os.path.exists(pdir):
         raise StateError(f"{iface}: xdpnn is already attached ({pdir}); "
@@ -185,12 +189,12 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns) -> dict:
         targets = redirect_targets(model.classes, acts, ["count"] * len(acts), iface, peer, ns)
     record = {"iface": iface, "peer": peer, "netns": ns, "xdp_mode": xdp_mode,
               "input": model.mode, "port": port if model.mode == "payload" else None,
-              "model": model_summary(model, model_path),
+              "serve": serve, "model": model_summary(model, model_path),
               "actions": dict(zip(model.classes, acts)), "prog_id": 2**32 - 1,
               "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     encode_record(record)  # before compiling: the widest prog_id, so it fits later too
 
-    prog = compile.build(model)
+    prog = compile.build(model, defines=("NN_SERVE",) if serve else ())
     with ExitStack() as undo:
         undo.callback(prog.close)
         cfg = maps.Config(udp_port=port)
@@ -416,6 +420,7 @@ def stats(iface: str, ns: str | None) -> dict:
     with Pinned(iface, ns) as p:
         sides = [compile.read_counters(p.fds["nn_counters"], s) for s in range(maps.SIDES)]
         rec = p.record
+        serving = compile.read_serve_counters(p.fds["nn_serve"]) if rec.get("serve") else None
     classes = rec["model"]["classes"]
 
     def named(c):
@@ -423,9 +428,14 @@ def stats(iface: str, ns: str | None) -> dict:
                 "input": {name: int(v) for name, v in zip(maps.INPUT_RESULTS, c["input"])},
                 "verdict": {name: int(v) for name, v in zip(maps.VERDICTS, c["verdict"])}}
     total = {k: sum(c[k] for c in sides) for k in sides[0]}
-    return {"iface": iface, "netns": ns, "time": time.time(), **named(total),
-            "ingress": {name: named(c) for name, c in zip((rec["iface"], rec.get("peer")), sides)
-                        if name}}
+    out = {"iface": iface, "netns": ns, "time": time.time(), **named(total),
+           "ingress": {name: named(c) for name, c in zip((rec["iface"], rec.get("peer")), sides)
+                       if name}}
+    if serving:
+        # Per model id; ids without a model show only if something asked for them.
+        out["serve"] = {f"model {k}" if k < maps.SRV["models"] else "other": e
+                        for k, e in enumerate(serving) if k == 0 or e["requests"]}
+    return out
 
 
 def swap(iface: str, ns: str | None, model_path: str) -> dict:

@@ -13,10 +13,11 @@ import ctypes
 import numpy as np
 
 from xdpnn.bpf.shared import (ACTIONS, INPUT_RESULTS, MAX_CLASSES, META_BYTES,  # noqa: F401
-                              SIDES, TX_SLOTS, TX_TARGETS, VERDICTS)
+                              SERVE_STATUS, SIDES, SRV, TX_SLOTS, TX_TARGETS, VERDICTS)
 
 # The maps a build hands out and an attach pins, by the names in bpf/xdpnn.c.
-MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta")
+MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta", "nn_serve")
+SERVE_ENTRIES = SRV["models"] + 1  # nn_serve: one per model id, then the rest
 
 
 class Config(ctypes.Structure):
@@ -31,7 +32,12 @@ class Counters(ctypes.Structure):
                 ("class_packets", ctypes.c_uint64 * MAX_CLASSES)]
 
 
-MIRRORS = {"nn_config": Config, "nn_counters": Counters}
+class ServeCounters(ctypes.Structure):
+    _fields_ = [("requests", ctypes.c_uint64), ("replies", ctypes.c_uint64),
+                ("status", ctypes.c_uint64 * len(SERVE_STATUS))]
+
+
+MIRRORS = {"nn_config": Config, "nn_counters": Counters, "nn_serve": ServeCounters}
 
 
 def sum_counters(raw: bytes, n_cpus: int) -> dict[str, np.ndarray]:
@@ -41,3 +47,10 @@ def sum_counters(raw: bytes, n_cpus: int) -> dict[str, np.ndarray]:
     a, b = len(INPUT_RESULTS), len(VERDICTS)
     return {"input": per_cpu[:a], "verdict": per_cpu[a:a + b],
             "class_packets": per_cpu[a + b:a + b + MAX_CLASSES]}
+
+
+def sum_serve(raw: bytes, n_cpus: int) -> dict:
+    """One nn_serve entry (as read from the map) summed over CPUs."""
+    v = np.frombuffer(raw, "<u8").reshape(n_cpus, -1).sum(axis=0)
+    return {"requests": int(v[0]), "replies": int(v[1]),
+            "status": {name: int(n) for name, n in zip(SERVE_STATUS, v[2:])}}

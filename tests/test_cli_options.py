@@ -38,6 +38,7 @@ def bases(tmp, ns):
         "bench": ([], ["bench"], [], {"--model": missing, "--quick": None}),
         "demo": ([], ["demo"], [], {"--model": missing}),
         "exporter": (["-n", ns], ["exporter"], ["lo"], {"--listen": "127.0.0.1:1"}),
+        "query": (["-n", ns], ["query"], ["198.18.0.2"], {"--inputs": missing}),
     }
 
 

@@ -46,7 +46,7 @@ def test_python_uses_the_parsed_values():
     assert maps.ACTIONS == ("count", "pass", "drop", "redirect")
     assert maps.VERDICTS == ("aborted", "drop", "pass", "tx", "redirect")
     assert features.INPUT_RESULTS[0] == "classified"
-    assert features.INPUT_RESULTS[-1] == "short_payload"
+    assert features.INPUT_RESULTS[-1] == "request_error"
     assert len(features.INPUT_RESULTS) == shared.ENUMS["nn_input_result"]["NN_IN__COUNT"]
 
 

@@ -15,17 +15,19 @@ from scapy.utils import RawPcapReader, RawPcapWriter  # noqa: E402
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 SRC_IP, DST_IP = "198.18.0.1", "198.18.0.2"
+SRC_IP6, DST_IP6 = "2001:2::1", "2001:2::2"  # the IPv6 benchmarking range (RFC 5180)
 SRC_PORT = 40000
 
 
 def request(payload: bytes, port: int, src_mac: str = SRC_MAC, dst_mac: str = DST_MAC,
             src_ip: str = SRC_IP, dst_ip: str = DST_IP, sport: int = SRC_PORT,
-            udp_checksum: bool = True) -> bytes:
+            udp_checksum: bool = True, ipv6: bool = False) -> bytes:
     """An inference request: a UDP datagram to port whose payload is the input.
     Without udp_checksum the checksum is 0 (none, legal in IPv4): for frames
-    whose payload a generator rewrites."""
+    whose payload a generator rewrites.  ipv6: from SRC_IP6 to DST_IP6."""
     udp = UDP(sport=sport, dport=port) if udp_checksum else UDP(sport=sport, dport=port, chksum=0)
-    return raw(Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / udp / Raw(payload))
+    ip = IPv6(src=SRC_IP6, dst=DST_IP6) if ipv6 else IP(src=src_ip, dst=dst_ip)
+    return raw(Ether(src=src_mac, dst=dst_mac) / ip / udp / Raw(payload))
 
 
 # Link types read_pcap takes (pcap-linktype numbers), and how far their own
@@ -168,3 +170,32 @@ def random_frames(rng, n: int) -> list[bytes]:
             l4 = Raw(b"")
         frames.append(raw(Ether(src=SRC_MAC, dst=DST_MAC) / ip / l4 / payload))
     return frames
+
+
+def serve_cases(n_bytes: int) -> list[tuple[str, bytes, str]]:
+    """(description, UDP payload, expected status) for requests to a served
+    model with n_bytes of input (docs/serving.md, "Errors")."""
+    from xdpnn.bpf.shared import SRV
+    from xdpnn.client import encode_request as req
+    body = bytes((i * 37 + 11) & 0xFF for i in range(n_bytes))
+    return [
+        ("request", req(1, body), "ok"),
+        ("request with scores", req(2, body, scores=True), "ok"),
+        ("request, extra input bytes", req(3, body + b"xyz"), "ok"),
+        ("request, bytes after the input", req(4, body, length=n_bytes) + b"tail", "ok"),
+        ("unknown flags", req(5, body, flags=0x7E), "ok"),
+        ("bad magic", req(6, body, magic=0x1234), "bad_magic"),
+        ("bad magic with scores", req(7, body, magic=0, scores=True), "bad_magic"),
+        ("version 2", req(8, body, version=2), "bad_version"),
+        ("version 0", req(9, body, version=0), "bad_version"),
+        ("model 1", req(10, body, model=1), "unknown_model"),
+        (f"model {SRV['models']}", req(11, body, model=SRV["models"]), "unknown_model"),
+        ("model 65535", req(12, body, model=65535), "unknown_model"),
+        ("input one byte short", req(13, body[:-1]), "short_input"),
+        ("no input", req(14, b""), "short_input"),
+        ("length beyond the datagram", req(15, body, length=n_bytes + 1), "short_input"),
+        ("length short of the model", req(16, body + b"x", length=n_bytes - 1), "short_input"),
+        ("a reply", req(17, body, flags=SRV["f_reply"]), "not_request"),
+        ("header cut", req(18, body)[:SRV["hdr_bytes"] - 1], "short_header"),
+        ("empty payload", b"", "short_header"),
+    ]

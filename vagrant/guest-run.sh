@@ -12,10 +12,12 @@ ip link set lo up
 args=$(cat /results/pytest-args)
 echo "xdpnn-vm: kernel $(uname -r), pytest $args"
 eval "set -- $args"  # the runner shell-quoted them
-# The project's folders as the xdpnn package, mapped as pyproject.toml maps
-# them (the share is read-only, so nothing is installed from it).
+# The project's folders as the xdpnn package, mapped as pyproject.toml's
+# package-dir lines map them ("xdpnn.loader" = "loader"); the share is
+# read-only, so nothing is installed from it.
 mkdir -p /tmp/pkg/xdpnn
-for d in loader trainer traffic bpf models; do ln -s "/project/$d" "/tmp/pkg/xdpnn/$d"; done
+sed -n 's/^"xdpnn\.\([a-z_]*\)" = "\([a-z_]*\)"$/\1 \2/p' /project/pyproject.toml |
+while read -r name dir; do ln -s "/project/$dir" "/tmp/pkg/xdpnn/$name"; done
 export PYTHONPATH=/tmp/pkg
 cd /project
 # Under emulation, 1000 inputs per golden shape instead of up to 10000.

@@ -17,7 +17,8 @@ TIMEOUT=${XDPNN_VM_TIMEOUT:-1500}
 # a small and the largest default shape, the parser twin, the counters, the
 # datapath on veth with forwarding, redirect and malformed frames, swaps
 # through a new inner map, detach through BPF links, the shared
-# header against the compiler, and the generators
+# header against the compiler, serving replies (checksums: the helper
+# differs between kernels), and the generators
 # (pktgen exists only here).  The host runs the whole suite.
 DEFAULT_ARGS="-q --durations=0 \
  'tests/test_golden.py::test_kernel_class_equals_reference[256-32-16-2-payload]' \
@@ -33,7 +34,9 @@ DEFAULT_ARGS="-q --durations=0 \
  tests/test_netns.py::test_redirect_sends_a_class_out_of_its_target_with_or_without_a_peer \
  tests/test_shared.py::test_parsed_values_are_what_the_compiler_sees \
  tests/test_traffic.py::test_live_frames_cycle_the_inputs_in_order \
- tests/test_traffic.py::test_pktgen_sends_an_exact_count"
+ tests/test_traffic.py::test_pktgen_sends_an_exact_count \
+ 'tests/test_serve.py::test_kernel_reply_equals_twin[256-32-16-4]' \
+ tests/test_serve_netns.py::test_malformed_requests_get_their_error_reply_or_are_dropped"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
 
 case $ACCEL in auto|kvm|tcg) ;; *)
