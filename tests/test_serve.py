@@ -11,7 +11,7 @@ import pytest
 from scapy.all import IP, TCP, UDP, Ether, IPv6, IPv6ExtHdrDestOpt, Raw, raw
 
 from xdpnn import client
-from xdpnn.bpf.shared import SERVE_STATUS, SRV
+from xdpnn.bpf.shared import SERVE_STATUS
 from xdpnn.trainer import features, reference
 from xdpnn.trainer import serve as twin
 from xdpnn.trainer.model import random_model
