@@ -45,15 +45,25 @@ def writer_lock(iface: str, ns: str | None):
     """Holds the writer lock of iface in ns: an flock on LOCK_DIR/<pin folder
     name>.lock.  A file outside bpffs, so attach can take it before the pin
     folder exists, and detach while removing it; the kernel drops the lock
-    when its holder exits, however it exits.  Lock files stay (a few bytes
-    each): removing one would race with a process that just opened it."""
+    when its holder exits, however it exits.  The holder removes the file
+    before it lets go; a waiter that got the lock on a file no longer there
+    retries on the new one, so two commands never hold two different files."""
     name = os.path.basename(pin_dir(iface, ns))  # validated: never a path
+    path = f"{LOCK_DIR}/{name}.lock"
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-    fd = os.open(f"{LOCK_DIR}/{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the command that holds it
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield
     finally:
+        os.unlink(path)
         os.close(fd)
 
 
