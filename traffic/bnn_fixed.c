@@ -91,8 +91,9 @@ INLINE void hidden(const uint64_t *m, const uint64_t *in, uint64_t *out, const i
 	}
 }
 
-/* The output layer: argmax of scale_j * a_j + bias_j, ties to the lowest class. */
-INLINE uint32_t output(const uint64_t *m, const uint64_t *in)
+/* The output layer: argmax of scale_j * a_j + bias_j, ties to the lowest class;
+ * the scores too where `scores` is not NULL (the user-space server's replies). */
+INLINE uint32_t output(const uint64_t *m, const uint64_t *in, int64_t *scores)
 {
 	int64_t best = 0;
 	uint32_t cls = 0;
@@ -100,6 +101,8 @@ INLINE uint32_t output(const uint64_t *m, const uint64_t *in)
 		int64_t a = NN_OUT_IN - 2 * mismatches(in, m + NN_OUT_W + j * NN_OUT_IN_WORDS,
 						       NN_OUT_IN_WORDS);
 		int64_t s = (int64_t)m[NN_OUT_SCALE + j] * a + (int64_t)m[NN_OUT_BIAS + j];
+		if (scores)
+			scores[j] = s;
 		if (j == 0 || s > best)
 			best = s, cls = j;
 	}
@@ -108,27 +111,33 @@ INLINE uint32_t output(const uint64_t *m, const uint64_t *in)
 
 #define LAYER(l, in, out) hidden(m, in, out, NN_L##l##_IN, NN_L##l##_OUT, NN_L##l##_W, NN_L##l##_T)
 
-/* One inference, a call of its own like one XDP program run per packet. */
-static __attribute__((noinline)) uint32_t infer(const uint64_t *m, const uint64_t *x)
+/* One inference: the class, and the scores into `scores` unless it is NULL. */
+INLINE uint32_t infer_scores(const uint64_t *m, const uint64_t *x, int64_t *scores)
 {
 	uint64_t a[NN_MAX_WORDS], b[NN_MAX_WORDS];
 	LAYER(0, x, a);
 #if NN_HIDDEN == 1
-	return output(m, a);
+	return output(m, a, scores);
 #else
 	LAYER(1, a, b);
 #if NN_HIDDEN == 2
-	return output(m, b);
+	return output(m, b, scores);
 #else
 	LAYER(2, b, a);
 #if NN_HIDDEN == 3
-	return output(m, a);
+	return output(m, a, scores);
 #else
 	LAYER(3, a, b);
-	return output(m, b);
+	return output(m, b, scores);
 #endif
 #endif
 #endif
+}
+
+/* One inference, a call of its own like one XDP program run per packet. */
+static __attribute__((noinline)) uint32_t infer(const uint64_t *m, const uint64_t *x)
+{
+	return infer_scores(m, x, 0);
 }
 
 /* Classes of n inputs (NN_IN_WORDS words each), one inference at a time,

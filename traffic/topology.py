@@ -80,3 +80,57 @@ class Topology:
                 pyroute2.netns.remove(self.created.pop())
             except OSError:
                 pass  # already gone
+
+
+# Addresses of the client-server pair (198.18.0.0/15 and a documentation prefix).
+CLIENT_ADDRS = ("198.18.1.1", "2001:2:0:1::1")
+SERVER_ADDRS = ("198.18.1.2", "2001:2:0:1::2")
+
+
+class ClientServer(Topology):
+    """Two namespaces, <prefix>-cli and <prefix>-srv, joined by c0 <-> s0, with
+    IPv4 and IPv6 addresses and static neighbours, no routes beyond the
+    link's own: a client's socket on c0 talks to a server on s0, whether the
+    XDP program (attach --serve) or a user-space server answers.  c0 runs a
+    counting XDP program (traffic/sink.py), because an XDP_TX reply from s0
+    reaches c0 only if c0 runs NAPI, which an XDP program turns on
+    (docs/datapath.md, "Forwarding, veth, and namespaces")."""
+
+    def __init__(self, prefix: str | None = None):
+        super().__init__(prefix)
+        prefix = prefix or f"xdpnn-{os.getpid()}"
+        self.client, self.server = f"{prefix}-cli", f"{prefix}-srv"
+        self.sink_prog = None
+
+    def create(self) -> None:
+        from xdpnn.traffic.sink import Sink
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for ns in (self.client, self.server):
+                pyroute2.netns.create(ns)
+                self.created.append(ns)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        self.add_veth("c0", self.client, "s0", self.server)
+        ends = {"c0": (self.client, CLIENT_ADDRS), "s0": (self.server, SERVER_ADDRS)}
+        macs = {}
+        for dev, (ns, addrs) in ends.items():
+            with netns(ns), IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=dev)[0]
+                macs[dev] = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+                ipr.addr("add", index=idx, address=addrs[0], prefixlen=24)
+                ipr.addr("add", index=idx, address=addrs[1], prefixlen=64, flags=0x02)  # nodad
+        for dev, (ns, _) in ends.items():
+            other = "s0" if dev == "c0" else "c0"
+            with netns(ns), IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=dev)[0]
+                for addr in ends[other][1]:
+                    ipr.neigh("add", dst=addr, lladdr=macs[other], ifindex=idx,
+                              state=0x80)  # permanent
+        self.sink_prog = Sink(self.client, "c0")
+
+    def destroy(self) -> None:
+        if self.sink_prog is not None:
+            self.sink_prog.close()
+            self.sink_prog = None
+        super().destroy()

@@ -75,7 +75,7 @@ def serve(model: Model, frame: bytes, port: int) -> Outcome:
     if result != "classified":
         return Outcome(result, "pass", frame, None, None)
     payload = l4[UDP_LEN:struct.unpack_from("!H", l4, 4)[0]]
-    status, counters, cls, scores = _status(model, payload)
+    status, counters, cls, scores = request_status(model, payload)
     result = "classified" if status == "ok" else "request_error"
     if status in DROPPED:
         return Outcome(result, "drop", frame, status, counters)
@@ -83,7 +83,7 @@ def serve(model: Model, frame: bytes, port: int) -> Outcome:
                    status, counters, cls)
 
 
-def _status(model: Model, payload: bytes):
+def request_status(model: Model, payload: bytes):
     """(status, nn_serve entry, class, scores or None) of a request's payload."""
     if len(payload) < HDR:
         return "short_header", SRV["models"], None, None
