@@ -612,6 +612,49 @@ def query_inputs(args) -> list[bytes]:
     return inputs
 
 
+@command("serve-userspace", "answer serving requests from a user-space server (C or Python) "
+                            "instead of XDP, to compare the two", """
+  sudo xdpnn -n server serve-userspace --model digits.npz         the C server on port 9595
+  sudo xdpnn -n server serve-userspace --model m.npz --impl python --port 9696 --max-seconds 60
+  sudo xdpnn -n server serve-userspace --model m.npz --cpu 1 -j
+
+The same protocol and reply payloads as `attach --serve` (docs/serving.md),
+from a UDP socket on every address of the namespace, IPv4 and IPv6.  The C
+server is compiled now for the model (a C compiler is needed); the Python
+one uses the reference inference.  Runs until Ctrl-C, SIGTERM or
+--max-seconds, then prints its counters.  Root only for -n.""", root=False, options=[
+    arg("--model", required=True, metavar="FILE", help="a payload-mode model file"),
+    arg("--port", type=PORT, default=DEFAULT_PORT, help=f"UDP port ({DEFAULT_PORT})"),
+    arg("--impl", choices=("c", "python"), default="c",
+        help="c: shape-specialised, batched (default); python: the reference"),
+    arg("--cpu", type=int_in(0, 4095), help="pin the server to this CPU"),
+    arg("--max-seconds", type=SECONDS, help="stop after this long (default: until Ctrl-C)"),
+])
+def cmd_serve_userspace(args):
+    from xdpnn.loader import datapath
+    from xdpnn.traffic.userserve import UserServer
+    model = datapath.load_model(args.model)
+    srv = UserServer(model, args.port, args.impl, args.netns, args.cpu, args.max_seconds)
+    srv.start()
+    try:
+        if not args.json:
+            until = f"for {args.max_seconds:g} s" if args.max_seconds else "until Ctrl-C"
+            print(f"serving {args.model} ({model.shape}) on UDP port {args.port} with the "
+                  f"{args.impl} server, pid {srv.pid}"
+                  + (f" on CPU {args.cpu}" if args.cpu is not None else "") + f", {until}",
+                  flush=True)
+        counters = srv.wait()
+    except KeyboardInterrupt:  # the normal end of a server
+        counters = srv.stop()
+    if counters is None:
+        raise XdpnnError(f"serve-userspace: the {args.impl} server ended without its "
+                         f"counters: {(srv.error or 'no message').strip()}")
+    status = ", ".join(f"{k} {v}" for k, v in counters["status"].items() if v) or "none"
+    out(args, {"model": args.model, "shape": model.shape, "port": args.port, "impl": args.impl,
+               **counters},
+        f"{counters['requests']} requests, {counters['replies']} replies; status: {status}")
+
+
 @command("train", "train a binarized network on labeled data and export it to a model file, "
                   "with a report (no root needed)", f"""
   xdpnn train --data digits --out digits.npz

@@ -80,6 +80,7 @@ class UserServer:
         self.netns, self.cpu, self.max_seconds = netns, cpu, max_seconds
         self.proc: subprocess.Popen | None = None
         self.counters: dict | None = None
+        self.error = ""  # the server's stderr, once it ended
         self._dir = tempfile.TemporaryDirectory(prefix="xdpnn-serve-")
 
     def command(self) -> list[str]:
@@ -94,10 +95,14 @@ class UserServer:
                 limit]
 
     def start(self) -> "UserServer":
-        cmd = self.command()
-        with entered(self.netns):  # the child inherits this thread's namespace
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True, start_new_session=True)
+        try:
+            cmd = self.command()
+            with entered(self.netns):  # the child inherits this thread's namespace
+                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True, start_new_session=True)
+        except BaseException:
+            self._dir.cleanup()
+            raise
         if self.cpu is not None:
             os.sched_setaffinity(self.proc.pid, {self.cpu})
         ready = select.select([self.proc.stdout], [], [], READY_SECONDS)[0]
@@ -137,8 +142,6 @@ class UserServer:
                              "status": dict(zip(SERVE_STATUS, c["status"]))}
         self._dir.cleanup()
         return self.counters
-
-    error: str = ""
 
     def __enter__(self) -> "UserServer":
         return self.start()
