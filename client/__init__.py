@@ -78,6 +78,17 @@ def percentiles(values: list[float]) -> dict:
     return {"p50": at[50], "p90": at[90], "p99": at[99], "max": v[-1]}
 
 
+def accuracy(replies: list[Reply | None], labels: list[int]) -> dict:
+    """Replies (in sending order, None where lost) scored against the
+    labels of the inputs they answer, which cycle if fewer."""
+    answered = [(r.cls, labels[i % len(labels)]) for i, r in enumerate(replies)
+                if r is not None and r.cls is not None]
+    correct = sum(c == label for c, label in answered)
+    return {"answered": len(answered), "correct": correct,
+            "unanswered": len(replies) - len(answered),
+            "accuracy": round(correct / len(answered), 4) if answered else 0.0}
+
+
 class Client:
     """A UDP socket to one server (address, port), optionally in a network
     namespace (the socket stays there; the process does not)."""

@@ -526,6 +526,7 @@ def cmd_send(args):
   xdpnn -n client query 198.18.1.2 --rate 2000 --max-seconds 5 --bytes 98
   xdpnn query 198.18.1.2 --inputs inputs.hex --each            one input per line, in hex
   xdpnn query 198.18.1.2 --pcap requests.pcap                  the UDP payloads of a capture
+  xdpnn -n client query 198.18.1.2 --data digits --inflight 8   the digits test split: accuracy
 
 Closed loop (default): --inflight requests outstanding at a time.  Open
 loop: --rate requests per second, whatever comes back.  Either way at most
@@ -539,9 +540,13 @@ for -n.""", root=False, options=[
            arg("--inputs", metavar="FILE", help="inputs from a file, one per line in hex"),
            arg("--pcap", metavar="FILE",
                help="inputs from the UDP payloads of a pcap (a request header is stripped)"),
+           arg("--data", metavar="SOURCE",
+               help="the labeled test split of a data source, to score the replies: digits, "
+                    "mnist:DIR, csv:FILE as `train` splits it by default, or model:FILE, the "
+                    "split that model file was tested on"),
            required=False),
     arg("--count", type=int_in(1, 10**8),
-        help="requests to send (100; with --inputs or --pcap, one per input)"),
+        help="requests to send (100; with --inputs, --pcap or --data, one per input)"),
     one_of(arg("--rate", type=float_in(0, 10**7), help="open loop: requests per second"),
            arg("--inflight", type=int_in(1, 4096), help="closed loop: requests outstanding (1)"),
            required=False),
@@ -554,11 +559,16 @@ for -n.""", root=False, options=[
 def cmd_query(args):
     from xdpnn import client
     inputs = query_inputs(args)
+    labels = getattr(args, "labels", None)
     with client.Client(args.server, args.port, args.model_id, args.netns, args.timeout) as c:
-        rep = c.run(inputs, count=args.count or (len(inputs) if args.inputs or args.pcap else 100),
+        rep = c.run(inputs, count=args.count or (len(inputs) if args.inputs or args.pcap or
+                                                 args.data else 100),
                     rate=args.rate, inflight=args.inflight or 1, max_seconds=args.max_seconds,
-                    scores=args.scores, keep=args.each)
+                    scores=args.scores, keep=args.each or labels is not None)
     replies = rep.pop("replies", [])
+    if labels is not None:
+        rep["data"] = args.data
+        rep["accuracy"] = client.accuracy(replies, labels)
     rtt = rep["rtt_us"]
     lines = [f"query {rep['server']}, model {rep['model']}: {rep['sent']} sent, "
              f"{rep['received']} replies, {rep['lost']} lost in {rep['seconds']} s "
@@ -568,6 +578,10 @@ def cmd_query(args):
                               or "none")]
     if rtt:
         lines.append("  rtt us: " + "  ".join(f"{k} {v}" for k, v in rtt.items()))
+    if labels is not None:
+        a = rep["accuracy"]
+        lines.append(f"  accuracy on {args.data}: {a['correct']}/{a['answered']} answered = "
+                     f"{a['accuracy']:.4f} ({a['unanswered']} without a class)")
     if args.each:
         rep["replies"] = [None if r is None else
                           {"id": r.id, "status": r.status, "class": r.cls, "scores": r.scores,
@@ -589,6 +603,8 @@ def query_inputs(args) -> list[bytes]:
             inputs = [bytes.fromhex(ln) for ln in lines if ln]
         except ValueError as e:
             raise UsageError(f"--inputs {args.inputs}: not one hex input per line ({e})") from None
+    elif args.data:
+        inputs, args.labels = data_inputs(args.data)
     elif args.pcap:
         from scapy.all import UDP, Ether
 
@@ -610,6 +626,26 @@ def query_inputs(args) -> list[bytes]:
     if not inputs:
         raise UsageError("query: no inputs (an empty file, or a pcap without UDP payloads)")
     return inputs
+
+
+def data_inputs(source: str) -> tuple[list[bytes], list[int]]:
+    """The inputs and labels of a labeled test split (query --data)."""
+    from xdpnn.loader.datapath import load_model
+    from xdpnn.trainer import data, reference, train
+    try:
+        if source.startswith("model:"):
+            test = train.labeled_test_set(load_model(source.removeprefix("model:")))
+        else:
+            ds = data.load(source)
+            if ds.mode != "payload":
+                raise UsageError(f"query: --data {source}: a {ds.mode}-mode source; requests "
+                                 "carry payload-mode inputs")
+            test = train.split(ds, train.Config())[2]
+    except data.DataError as e:
+        raise errors.DataError(f"query: --data {source}: {e}") from None
+    except (ValueError, OSError) as e:
+        raise UsageError(f"query: --data {source}: no labeled test split ({e})") from None
+    return [reference.bytes_from_bits(b) for b in test.bits], test.labels.tolist()
 
 
 @command("serve-userspace", "answer serving requests from a user-space server (C or Python) "

@@ -130,3 +130,24 @@ def test_serve_userspace_bad_input(args, code, message, tmp_path):
     full = args if "--model" in args else ["--model", str(path), *args]
     r = cli.xdpnn("-n", "us-no-such-ns", "serve-userspace", *full)
     assert r.returncode == code and message in r.stderr and r.stderr.count("\n") == 1, r
+
+
+def test_query_data_scores_the_replies_against_the_labels(pair):
+    from xdpnn.traffic.demo import DEFAULT_MODEL
+    from xdpnn.trainer.model import load
+    from xdpnn.trainer.train import labeled_test_set
+    model = load(DEFAULT_MODEL)
+    test = labeled_test_set(model)
+    correct = int((reference.predict(model, test.bits) == test.labels).sum())
+    with UserServer(model, impl="c", netns=pair.server):
+        rep = json.loads(cli.xdpnn("-n", pair.client, "-j", "query", SERVER_ADDRS[0], "--data",
+                                   f"model:{DEFAULT_MODEL}", "--inflight", "8",
+                                   check=True).stdout)
+        digits = json.loads(cli.xdpnn("-n", pair.client, "-j", "query", SERVER_ADDRS[1],
+                                      "--data", "digits", "--count", "100", check=True).stdout)
+    n = len(test.labels)
+    assert rep["accuracy"] == {"answered": n, "correct": correct, "unanswered": 0,
+                               "accuracy": round(correct / n, 4)}
+    assert digits["sent"] == 100 and digits["accuracy"]["answered"] == 100
+    r = cli.xdpnn("-n", pair.client, "query", SERVER_ADDRS[0], "--data", "traffic")
+    assert r.returncode == 2 and "headers-mode source" in r.stderr
