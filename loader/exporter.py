@@ -53,6 +53,14 @@ class Collector:
         attached = core.GaugeMetricFamily(
             "xdpnn_attach_time_seconds", "When the datapath was attached (Unix time)",
             labels=["iface", "netns"])
+        serve = {name: core.CounterMetricFamily(f"xdpnn_serve_{name}", text,
+                                                labels=["iface", "netns", "model"] + more)
+                 for name, text, more in (
+                     ("requests", "Serving: datagrams to the port read as requests, per "
+                                  "model id (attach --serve)", []),
+                     ("replies", "Serving: replies sent (ok and error replies)", []),
+                     ("status_requests", "Serving: requests per status, dropped ones "
+                                         "included", ["status"]))}
         for rec in datapath.status():
             key = (rec["iface"], rec.get("netns"))
             if "model" not in rec or (self.wanted is not None and key not in self.wanted):
@@ -70,6 +78,14 @@ class Collector:
                     inputs.add_metric(at + [name], v)
                 for name, v in c["verdict"].items():
                     verdicts.add_metric(at + [name], v)
+            # nn_serve entries: "model N", and "other" for higher ids and for
+            # requests whose model id was not read.
+            for entry, c in s.get("serve", {}).items():
+                at = [key[0], ns, entry.removeprefix("model ")]
+                serve["requests"].add_metric(at, c["requests"])
+                serve["replies"].add_metric(at, c["replies"])
+                for name, v in c["status"].items():
+                    serve["status_requests"].add_metric(at + [name], v)
             m = rec["model"]
             model.add_metric([key[0], ns], {
                 "shape": m["shape"], "sha256": m["sha256"],
@@ -77,7 +93,7 @@ class Collector:
                 "path": m["path"], "attached_at": rec["attached_at"]})
             attached.add_metric([key[0], ns], datetime.strptime(
                 rec["attached_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp())
-        yield from (classes, inputs, verdicts, model, attached)
+        yield from (classes, inputs, verdicts, model, attached, *serve.values())
 
 
 class _QuietHandler(WSGIRequestHandler):

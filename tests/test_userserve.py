@@ -69,6 +69,14 @@ def replies_to_cases(pair, cases) -> list[list[bytes]]:
     return got
 
 
+def exported_serve_metrics(pair) -> list[tuple[str, dict, float]]:
+    """(sample name, labels, value) of the exporter's xdpnn_serve_* metrics
+    for s0, collected as a scrape collects them."""
+    from xdpnn.loader.exporter import Collector
+    return [(s.name, s.labels, s.value) for fam in Collector([("s0", pair.server)]).collect()
+            if fam.name.startswith("xdpnn_serve_") for s in fam.samples]
+
+
 def test_error_replies_equal_xdps_byte_for_byte(pair, tmp_path):
     model = random_model([100, 16, 4], seed=2)
     cases = packets.serve_cases(13)
@@ -77,18 +85,31 @@ def test_error_replies_equal_xdps_byte_for_byte(pair, tmp_path):
     cli.xdpnn("-n", pair.server, "attach", "s0", "--model", path, "--serve", check=True)
     try:
         xdp = replies_to_cases(pair, cases)
+        metrics = exported_serve_metrics(pair)
     finally:
         cli.xdpnn("-n", pair.server, "detach", "s0", check=True)
     dropped = [not r for r in xdp]
     assert dropped == [s in ("short_header", "not_request") for _, _, s in cases] * 2
+    want = {k: 0 for k in client.SERVE_STATUS}
+    for _, _, status in cases:
+        want[status] += 2
+    # The exporter's serving metrics: every nn_serve entry that counted.
+    exported, requests = {}, {}
+    for name, labels, v in metrics:
+        assert (labels["iface"], labels["netns"]) == ("s0", pair.server)
+        if name == "xdpnn_serve_status_requests_total":
+            exported[labels["status"]] = exported.get(labels["status"], 0) + v
+        elif name == "xdpnn_serve_requests_total":
+            requests[labels["model"]] = v
+    assert exported == want
+    # Model 0: 5 ok and 4 short_input cases; "other": the 7 cases whose model
+    # id is not read, and ids 16 and 65535; each over IPv4 and IPv6.
+    assert requests == {"0": 2 * 9, "1": 2, "other": 2 * 9}
     for impl in ("c", "python"):
         with UserServer(model, impl=impl, netns=pair.server) as srv:
             user = replies_to_cases(pair, cases)
         for (what, _, _), x, u in zip(cases * 2, xdp, user):
             assert u == x, f"{impl}: {what}"
-        want = {k: 0 for k in client.SERVE_STATUS}
-        for _, _, status in cases:
-            want[status] += 2
         assert srv.counters["status"] == want
 
 
