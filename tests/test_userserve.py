@@ -3,7 +3,7 @@ answer requests through veth with the reference's classes and scores, and
 every malformed request with the reply payload XDP sends (byte for byte),
 or with none where XDP drops it.
 
-    client [c0] 198.18.1.1, 2001:2:0:1::1  <->  [s0] 198.18.1.2, 2001:2:0:1::2 server
+    client [c0] 198.18.0.1, 2001:2::1  <->  [s0] 198.18.0.2, 2001:2::2 server
 """
 from __future__ import annotations
 

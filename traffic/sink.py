@@ -14,14 +14,26 @@ SOURCE = resources.files("xdpnn.bpf") / "sink.c"
 class Sink:
     """Counts (and passes, or drops) every frame arriving on ns/iface."""
 
-    def __init__(self, ns: str, iface: str, drop: bool = False):
+    def __init__(self, ns: str, iface: str, drop: bool = False, attach: bool = True):
         BPF = import_bcc()
         self.ns, self.iface = ns, iface
         with captured_stderr():
             self.bpf = BPF(text=SOURCE.read_text(), cflags=["-DSINK_DROP"] if drop else [])
         self.fn = self.bpf.load_func("sink", BPF.XDP)
-        with netns(ns):
-            self.link = bpf_sys.xdp_link(ifindex(iface, ns), self.fn.fd, "native", iface)
+        self.link = None
+        if attach:
+            self.attach()
+
+    def attach(self) -> None:
+        """On the interface (again): programs built once, attached in turn."""
+        with netns(self.ns):
+            self.link = bpf_sys.xdp_link(ifindex(self.iface, self.ns), self.fn.fd, "native",
+                                         self.iface)
+
+    def detach(self) -> None:
+        if self.link is not None:
+            os.close(self.link)  # its last reference: the program comes off the interface
+            self.link = None
 
     def counts(self) -> tuple[int, int]:
         """(packets, bytes) since attach."""
@@ -29,7 +41,7 @@ class Sink:
         return int(sum(t[0])), int(sum(t[1]))
 
     def close(self) -> None:
-        os.close(self.link)  # its last reference: the program comes off the interface
+        self.detach()
         self.bpf.cleanup()
 
     def __enter__(self):

@@ -82,9 +82,10 @@ class Topology:
                 pass  # already gone
 
 
-# Addresses of the client-server pair (198.18.0.0/15 and a documentation prefix).
-CLIENT_ADDRS = ("198.18.1.1", "2001:2:0:1::1")
-SERVER_ADDRS = ("198.18.1.2", "2001:2:0:1::2")
+# The client-server pair's addresses and MACs are those of packets.request,
+# so that frames from a generator reach the server's stack as they are.
+CLIENT_ADDRS = (packets.SRC_IP, packets.SRC_IP6)
+SERVER_ADDRS = (packets.DST_IP, packets.DST_IP6)
 
 
 class ClientServer(Topology):
@@ -96,8 +97,9 @@ class ClientServer(Topology):
     reaches c0 only if c0 runs NAPI, which an XDP program turns on
     (docs/datapath.md, "Forwarding, veth, and namespaces")."""
 
-    def __init__(self, prefix: str | None = None):
+    def __init__(self, prefix: str | None = None, sink: bool = True):
         super().__init__(prefix)
+        self.with_sink = sink  # False: the caller attaches its own program to c0
         prefix = prefix or f"xdpnn-{os.getpid()}"
         self.client, self.server = f"{prefix}-cli", f"{prefix}-srv"
         self.sink_prog = None
@@ -111,7 +113,8 @@ class ClientServer(Topology):
                 self.created.append(ns)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        self.add_veth("c0", self.client, "s0", self.server)
+        self.add_veth("c0", self.client, "s0", self.server, mac_a=packets.SRC_MAC,
+                      mac_b=packets.DST_MAC)
         ends = {"c0": (self.client, CLIENT_ADDRS), "s0": (self.server, SERVER_ADDRS)}
         macs = {}
         for dev, (ns, addrs) in ends.items():
@@ -127,7 +130,8 @@ class ClientServer(Topology):
                 for addr in ends[other][1]:
                     ipr.neigh("add", dst=addr, lladdr=macs[other], ifindex=idx,
                               state=0x80)  # permanent
-        self.sink_prog = Sink(self.client, "c0")
+        if self.with_sink:
+            self.sink_prog = Sink(self.client, "c0")
 
     def destroy(self) -> None:
         if self.sink_prog is not None:
