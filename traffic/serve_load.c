@@ -5,8 +5,11 @@
  * replies with recvmmsg between them, so the rates the bench asks for are
  * the rates sent (it reports what it reached).
  *
- *   serve_load ADDR PORT INPUTS_FILE IN_BYTES CLASSES_FILE RATE SECONDS TIMEOUT
+ *   serve_load ADDR PORT INPUTS_FILE IN_BYTES CLASSES_FILE RATE SECONDS TIMEOUT WINDOW
  *
+ * WINDOW 0: open loop at RATE requests/s; WINDOW w > 0: closed loop, w
+ * requests outstanding (RATE is then only the most it sends per second),
+ * which finds how many requests/s a server serves without flooding it.
  * INPUTS_FILE: N inputs of IN_BYTES each, cycled; CLASSES_FILE: N bytes, the
  * reference's class of each.  Request i carries id i and input i % N; its
  * reply must carry class[i % N], else it counts as a mismatch.  Prints one
@@ -18,10 +21,12 @@
 #include <errno.h>
 #include <linux/types.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,15 +68,16 @@ static uint8_t *read_file(const char *path, size_t *len)
 
 int main(int argc, char **argv)
 {
-	if (argc != 9) {
+	if (argc != 10) {
 		fprintf(stderr, "usage: %s ADDR PORT INPUTS_FILE IN_BYTES CLASSES_FILE RATE SECONDS "
-				"TIMEOUT\n", argv[0]);
+				"TIMEOUT WINDOW\n", argv[0]);
 		return 2;
 	}
 	size_t in_len, n_classes;
 	size_t in_bytes = atoi(argv[4]);
 	uint8_t *inputs = read_file(argv[3], &in_len), *classes = read_file(argv[5], &n_classes);
 	double rate = atof(argv[6]), seconds = atof(argv[7]), timeout = atof(argv[8]);
+	size_t window = atoi(argv[9]);
 	if (!inputs || !classes || !in_bytes || in_len % in_bytes || in_len / in_bytes != n_classes ||
 	    !n_classes || rate <= 0 || seconds <= 0 || in_bytes + NN_SRV_HDR_BYTES > 1472) {
 		fprintf(stderr, "bad inputs, classes, rate or seconds\n");
@@ -123,14 +129,20 @@ int main(int argc, char **argv)
 		out[i].msg_hdr.msg_iovlen = 1;
 	}
 	size_t sent = 0, received = 0, mismatched = 0, other = 0;
+	prctl(PR_SET_TIMERSLACK, 1UL); /* wake when the next request is due, not 50 us later */
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
 	double start = now(), end_send = start + seconds, t = start, last_send = start;
 	while (1) {
 		t = now();
 		/* Every request due by now, in batches. */
-		size_t due = t < end_send ? (size_t)((t - start) * rate) + 1 : total;
+		size_t due = t < end_send ? (size_t)((t - start) * rate) + 1 : sent;
+		if (window && due > received + window)
+			due = received + window;
 		if (due > total)
 			due = total;
-		while (sent < due) {
+		/* One batch, then the replies: a client that only sends while it
+		 * is behind would let the replies overflow its socket. */
+		if (sent < due) {
 			int k = 0;
 			for (; k < BATCH && sent + k < due; k++) {
 				uint64_t id = sent + k;
@@ -149,18 +161,33 @@ int main(int argc, char **argv)
 			}
 			double at = now();
 			int r = sendmmsg(fd, out, k, 0);
-			if (r <= 0) {
-				if (errno == EAGAIN || errno == ENOBUFS)
-					break; /* a full socket buffer: retried next round */
+			if (r < 0 && errno != EAGAIN && errno != ENOBUFS) {
 				fprintf(stderr, "sendmmsg: %s\n", strerror(errno));
 				return 1;
 			}
 			for (int i = 0; i < r; i++)
 				sent_at[sent + i] = at;
-			last_send = at;
-			sent += r;
+			if (r > 0) {
+				last_send = at;
+				sent += r;
+			}
 		}
 		int got = recvmmsg(fd, in, BATCH, MSG_DONTWAIT, NULL);
+		if (got <= 0 && sent >= due) {
+			/* Nothing to read: sleep until a reply, or until the next
+			 * request is due (open loop), or the time is up. */
+			double until = end_send + timeout;
+			if (!window && sent < total && t < end_send)
+				until = start + sent / rate;
+			else if (window && t < end_send)
+				until = end_send;
+			double wait = until - now();
+			if (wait > 0) {
+				struct timespec ts = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+				ppoll(&pfd, 1, &ts, NULL);
+			}
+			got = recvmmsg(fd, in, BATCH, MSG_DONTWAIT, NULL);
+		}
 		double back = now();
 		for (int i = 0; i < got; i++) {
 			const uint8_t *p = rx[i];
@@ -180,7 +207,8 @@ int main(int argc, char **argv)
 			if (p[NN_SRV_OFF_STATUS] != NN_SRV_OK || p[NN_SRV_OFF_CLASS] != classes[id % n_inputs])
 				mismatched++;
 		}
-		if (sent >= total && (received == sent || back > end_send + timeout))
+		if ((sent >= total || back >= end_send) &&
+		    (received == sent || back > end_send + timeout))
 			break;
 		if (back > end_send + timeout)
 			break;

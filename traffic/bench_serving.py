@@ -1,0 +1,282 @@
+"""`xdpnn bench --serving`: requests answered from XDP against the same
+requests answered by the user-space C server (traffic/userserve.py), on the
+same namespaces, model, inputs, load generators and CPUs, trial after trial
+in alternation, so that every ratio is of figures taken a moment apart.
+
+    client [c0] 198.18.0.1  <--veth-->  [s0] 198.18.0.2 server
+    load client (CPU 0)                 xdp: bpf/xdpnn.c -DNN_SERVE on s0
+    XDP pass on c0                      user: C server on UDP 9595, XDP pass on s0
+
+s0 runs NAPI in a kernel thread pinned to the server's CPU, where the C
+server is pinned too: all the server's work, XDP or socket, is on the
+server's CPU; c0's NAPI runs in softirq where the reply was sent from, the
+server's CPU, for both alike.
+
+Per trial and server, with traffic/serve_load.c (sendmmsg/recvmmsg, one
+socket, pinned to the client's CPU), which checks the class of every reply
+against the reference:
+  flood    open loop as fast as it can send: replies/s and losses
+  window   closed loop, WINDOW requests outstanding
+  loads    open loop at 10%, 50% and 90% of the server's peak (the larger
+           median of the two above): RTT percentiles and losses
+
+The live-frames generator (traffic/livegen.py) cannot drive a server: the
+pages it sends are recycled with what the server wrote into them (the
+reply), and it rewrites only the payload.  So the flood's offered rate is
+reported next to what was served: a server that serves nearly all of it
+may be faster than the client can tell (`generator_bound`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from xdpnn.loader import bpf_sys, compile
+from xdpnn.loader.errors import MismatchError, MissingFeatureError, XdpnnError
+from xdpnn.loader.netns import ifindex, netns, write_sysfs_net
+from xdpnn.trainer import reference
+from xdpnn.trainer.model import Model
+from xdpnn.traffic.sink import Sink
+from xdpnn.traffic.topology import SERVER_ADDRS, ClientServer
+from xdpnn.traffic.userserve import UserServer
+
+DEFAULT_SHAPE = "784-64-32-10"
+PORT = 9595
+LOADS = (0.1, 0.5, 0.9)
+WINDOW = 256
+SERVERS = ("xdp", "user_c")
+LOAD_CLIENT = resources.files("xdpnn.traffic") / "serve_load.c"
+
+
+@dataclass
+class Settings:
+    trials: int = 5
+    seconds: float = 1.0     # per server per measurement
+    inputs: int = 1024
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls(trials=3, seconds=0.3, inputs=256)
+
+
+def cpus() -> tuple[int, int]:
+    """(client CPU, server CPU): two different CPUs where there are two."""
+    mine = sorted(os.sched_getaffinity(0))
+    return (mine[0], mine[-1])
+
+
+def build_load_client(folder: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise MissingFeatureError("bench: no C compiler (cc/gcc) for the serving load client")
+    exe = folder / "serve_load"
+    src = Path(str(LOAD_CLIENT))
+    bpf = Path(str(resources.files("xdpnn.bpf") / "xdpnn_shared.h")).parent
+    r = subprocess.run([cc, "-O2", f"-I{bpf}", "-o", str(exe), str(src)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise MissingFeatureError(f"bench: compile {src.name}: "
+                                  f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    return exe
+
+
+def napi_threads(dev: str) -> set[int]:
+    """PIDs of the kernel threads that run NAPI of interfaces named dev."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and Path(f"/proc/{d}/comm").read_text().startswith(f"napi/{dev}-"):
+                pids.add(int(d))
+        except OSError:
+            pass
+    return pids
+
+
+def threaded_napi(t: ClientServer, cpu: int) -> list[int]:
+    """Turns on threaded NAPI on s0 (XDP is attached) and pins its new
+    threads to the server's CPU; returns their PIDs.  Threads of other
+    namespaces' interfaces of the same name existed before: not touched.
+
+    c0 keeps NAPI in softirq: it runs on the CPU that sent the reply, the
+    server's, for both servers alike; in a thread of its own it would wait
+    behind the generator, which keeps the client's CPU busy."""
+    before = napi_threads("s0")
+    with netns(t.server):
+        write_sysfs_net("s0", "threaded", "1")
+    pinned = sorted(napi_threads("s0") - before)
+    for pid in pinned:
+        os.sched_setaffinity(pid, {cpu})
+    return pinned
+
+
+class Bench:
+    def __init__(self, model: Model, s: Settings, t: ClientServer, folder: Path):
+        self.model, self.s, self.t = model, s, t
+        self.client_cpu, self.server_cpu = cpus()
+        n_bytes = (model.sizes[0] + 7) // 8
+        rng = np.random.default_rng(7)
+        bits = rng.integers(0, 2, (s.inputs, model.sizes[0]), dtype=np.uint8)
+        raw = [reference.bytes_from_bits(b) for b in bits]
+        self.inputs_file, self.classes_file = folder / "inputs", folder / "classes"
+        self.inputs_file.write_bytes(b"".join(raw))
+        self.classes_file.write_bytes(bytes(reference.predict(model, bits).astype(np.uint8)))
+        self.n_bytes = n_bytes
+        self.load_client = build_load_client(folder)
+
+    def load(self, rate: float, seconds: float, window: int = 0) -> dict:
+        """serve_load from the client's namespace and CPU."""
+        cmd = [str(self.load_client), SERVER_ADDRS[0], str(PORT), str(self.inputs_file),
+               str(self.n_bytes), str(self.classes_file), f"{rate:.1f}", str(seconds), "0.5",
+               str(window)]
+        with netns(self.t.client):
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.sched_setaffinity(p.pid, {self.client_cpu})
+        out, err = p.communicate(timeout=seconds + 60)
+        if p.returncode:
+            raise XdpnnError(f"bench: serving load client: {err.strip()}")
+        r = json.loads(out)
+        if r["mismatched"]:
+            raise MismatchError(f"bench: {r['mismatched']} replies with another class than the "
+                                "reference's")
+        r["rate"] = r["received"] / r["seconds"] if r["seconds"] else 0.0
+        r["offered"] = r["sent"] / r["seconds"] if r["seconds"] else 0.0
+        return r
+
+
+def run(model: Model, name: str, s: Settings, progress, prefix: str | None = None) -> dict:
+    """The serving section of the bench result (docs/benchmarks.md, "Serving");
+    the namespaces are <prefix>-cli and <prefix>-srv."""
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="xdpnn-bench-serving-") as d, \
+            ClientServer(prefix or f"xdpnn-serving-{os.getpid()}", sink=False) as t:
+        b = Bench(model, s, t, Path(d))
+        progress(f"bench serving: {t.client} [c0] <-> [s0] {t.server}, model {name}, client "
+                 f"CPU {b.client_cpu}, server CPU {b.server_cpu}")
+        xdp = compile.build(model, defines=("NN_SERVE",))
+        # c0: an XDP program, without which XDP_TX from s0 cannot reach it.
+        count = Sink(t.client, "c0", attach=False)
+        # s0, for the C server: veth NAPI (which an XDP program turns on) in
+        # s0's thread on the server's CPU, as XDP serving runs.
+        to_stack = Sink(t.server, "s0", attach=False)
+        results = {k: {"flood": [], "window": [], "loads": {str(f): [] for f in LOADS}}
+                   for k in SERVERS}
+        try:
+            with UserServer(model, PORT, "c", t.server, b.server_cpu):
+                with netns(t.server):
+                    s0 = ifindex("s0", t.server)
+
+                def server(kind):
+                    """Attaches what the server side runs; returns the detach."""
+                    if kind == "xdp":
+                        with netns(t.server):  # the ifindex is the namespace's
+                            link = bpf_sys.xdp_link(s0, xdp.prog_fd, "native", "s0")
+                        return lambda: os.close(link)
+                    to_stack.attach()
+                    return to_stack.detach
+
+                count.attach()
+                undo = server("xdp")
+                pinned = threaded_napi(t, b.server_cpu)
+                undo()
+                for phase in ("flood", "window", "loads"):
+                    for k in range(s.trials):
+                        for kind in SERVERS[k % 2:] + SERVERS[:k % 2]:
+                            undo = server(kind)
+                            try:
+                                measure(b, phase, kind, results)
+                            finally:
+                                undo()
+                        progress(f"  {phase}, trial {k + 1}/{s.trials}: " +
+                                 summary_line(results, phase))
+        finally:
+            for p in (count, to_stack):
+                p.close()
+            xdp.close()
+    return report(results, model, name, s, b, pinned, time.time() - started)
+
+
+def peak(results: dict, kind: str) -> float:
+    """The server's peak so far: the larger median of flood and window."""
+    r = results[kind]
+    return max(float(np.median([x["rate"] for x in r[p]])) for p in ("flood", "window")
+               if r[p])
+
+
+FLOOD_RATE = 5e6  # more than serve_load can send: as fast as it can
+
+
+def measure(b: Bench, phase: str, kind: str, results: dict) -> None:
+    r = results[kind]
+    if phase == "flood":
+        r["flood"].append(b.load(FLOOD_RATE, b.s.seconds))
+    elif phase == "window":
+        r["window"].append(b.load(FLOOD_RATE, b.s.seconds, window=WINDOW))
+    else:
+        top = peak(results, kind)
+        for f in LOADS:
+            r["loads"][str(f)].append(b.load(f * top, b.s.seconds))
+
+
+def summary_line(results: dict, phase: str) -> str:
+    def last(kind):
+        r = results[kind][phase]
+        if phase != "loads":
+            return f"{r[-1]['rate'] / 1e3:.0f}k/s"
+        return " ".join(f"{float(f) * 100:.0f}%: p50 {v[-1]['rtt_us']['p50']:.0f} us"
+                        for f, v in r.items())
+    return ", ".join(f"{k} {last(k)}" for k in SERVERS)
+
+
+def stat(values: list[float]) -> dict:
+    return {"median": float(np.median(values)), "min": float(min(values)),
+            "max": float(max(values)), "trials": [round(float(v), 1) for v in values]}
+
+
+def report(results: dict, model: Model, name: str, s: Settings, b: Bench, pinned: dict,
+           seconds: float) -> dict:
+    servers = {}
+    for kind, r in results.items():
+        loads = {}
+        for f, runs in r["loads"].items():
+            loads[f] = {"rate": stat([x["rate"] for x in runs]),
+                        "lost": int(sum(x["lost"] for x in runs)),
+                        "sent": int(sum(x["sent"] for x in runs)),
+                        **{p: stat([x["rtt_us"][p] for x in runs]) for p in ("p50", "p90", "p99")}}
+        servers[kind] = {
+            "peak": peak(results, kind),
+            "flood": {"rate": stat([x["rate"] for x in r["flood"]]),
+                      "offered": stat([x["offered"] for x in r["flood"]]),
+                      "lost": int(sum(x["lost"] for x in r["flood"])),
+                      "sent": int(sum(x["sent"] for x in r["flood"])),
+                      "generator_bound": bool(np.median([x["rate"] / x["offered"]
+                                                         for x in r["flood"]]) > 0.9)},
+            "window": {"rate": stat([x["rate"] for x in r["window"]]),
+                       "lost": int(sum(x["lost"] for x in r["window"]))},
+            "loads": loads}
+    x, u = results["xdp"], results["user_c"]
+    ratios = {"peak_flood": stat([a["rate"] / c["rate"] for a, c in zip(x["flood"], u["flood"])]),
+              "peak_window": stat([a["rate"] / c["rate"]
+                                   for a, c in zip(x["window"], u["window"])])}
+    for f in LOADS:
+        ratios[f"p50_at_{f}"] = stat([c["rtt_us"]["p50"] / a["rtt_us"]["p50"] for a, c in
+                                      zip(x["loads"][str(f)], u["loads"][str(f)])])
+    return {"model": name, "shape": model.shape, "servers": servers,
+            "ratios_note": "peak ratios are XDP over user space, RTT ratios user space over XDP",
+            "ratios": ratios,
+            "setup": {"trials": s.trials, "seconds": s.seconds, "inputs": s.inputs,
+                      "window": WINDOW, "loads": list(LOADS), "client_cpu": b.client_cpu,
+                      "server_cpu": b.server_cpu,
+                      "s0_napi_threads_pinned": len(pinned),
+                      "load_client": "traffic/serve_load.c (sendmmsg/recvmmsg, one socket)",
+                      "user_server": "traffic/serve_user.c, " + " ".join(
+                          ["-O2", "-march=native"]),
+                      "seconds_total": round(seconds, 1)}}
