@@ -764,10 +764,15 @@ def cmd_exporter(args):
   sudo xdpnn bench                       the three default shapes, 5 trials (a few minutes)
   sudo xdpnn bench --quick               a smoke run (under a minute)
   sudo xdpnn bench --shape 256-32-16-2 --model model.npz --trials 7 --out results/mine -j
+  sudo xdpnn bench --serving             requests answered by XDP against a user-space C server
 
 Writes bench.json, bench.md and bench.png (with matplotlib) to --out
-(default results/bench-<time>/); docs/benchmarks.md explains every figure.""", options=[
+(default results/bench-<time>/); with --serving bench.json, bench.md and
+bench-serving.png, for the first --shape or --model (784-64-32-10);
+docs/benchmarks.md explains every figure.""", options=[
     arg("--quick", action="store_true", help="short trials: a smoke run"),
+    arg("--serving", action="store_true",
+        help="the serving section instead: XDP replies against the user-space C server"),
     arg("--shape", type=SHAPE, action="append", metavar="SHAPE",
         help="a random model of this shape (repeatable; default 256-32-16-2, 784-64-32-10, "
              "784-256-256-10)"),

@@ -117,3 +117,26 @@ def test_bench_quick_writes_every_documented_key(tmp_path):
     assert "plain forwarding" in md and "784-256-256-10" in md and "XDP / fastest scalar" in md
     prefix = re.search(r"bench: (xdpnn-bench-\d+)-gen", r.stderr).group(1)
     assert not list(Path("/run/netns").glob(f"{prefix}-*"))  # cleaned up
+
+
+SERVING_KEYS = {"model", "shape", "servers", "ratios", "ratios_note", "setup"}
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root")
+def test_bench_serving_writes_every_documented_key(tmp_path):
+    out = tmp_path / "serving"
+    r = xdpnn("-j", "bench", "--serving", "--quick", "--trials", "2", "--seconds", "0.2",
+              "--shape", "256-32-16-2", "--out", out, check=True)
+    doc = json.loads(r.stdout)
+    assert doc == json.loads((out / "bench.json").read_text())
+    s = doc["serving"]
+    assert set(s) == SERVING_KEYS and s["shape"] == "256-32-16-2"
+    for kind in ("xdp", "user_c"):
+        v = s["servers"][kind]
+        assert v["peak"] > 0 and set(v["loads"]) == {"0.1", "0.5", "0.9"}
+        for x in v["loads"].values():
+            assert set(x) == {"rate", "lost", "sent", "p50", "p90", "p99"}
+            assert set(x["p50"]) == SUMMARY_KEYS and len(x["p50"]["trials"]) == 2
+            assert x["sent"] > 0
+    assert "| XDP (attach --serve) |" in (out / "bench.md").read_text()

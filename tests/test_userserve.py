@@ -172,3 +172,23 @@ def test_query_data_scores_the_replies_against_the_labels(pair):
     assert digits["sent"] == 100 and digits["accuracy"]["answered"] == 100
     r = cli.xdpnn("-n", pair.client, "query", SERVER_ADDRS[0], "--data", "traffic")
     assert r.returncode == 2 and "headers-mode source" in r.stderr
+
+
+# Awkward shapes for the C server's compile-time sizes: inputs not a multiple
+# of 8 or 64, one hidden neuron, 4 hidden layers, 64 classes, rows of one word.
+@pytest.mark.parametrize("sizes", [[100, 3, 70, 5], [65, 1, 64], [1024, 512, 1, 64],
+                                   [130, 200, 129, 100, 63, 64], [8, 2, 2]])
+def test_c_server_equals_the_reference_on_awkward_shapes(pair, sizes):
+    model = random_model(sizes, seed=4)
+    n = 1500
+    bits = np.random.default_rng(4).integers(0, 2, (n, sizes[0]), dtype=np.uint8)
+    # Bits past the inputs in the last byte are set: the server must ignore them.
+    inputs = [bytes(reference.bytes_from_bits(np.append(b, np.ones(-len(b) % 8, np.uint8))))
+              for b in bits]
+    want = reference.scores(model, bits)
+    with UserServer(model, impl="c", netns=pair.server):
+        with client.Client(SERVER_ADDRS[0], netns=pair.client, timeout=2.0) as c:
+            rep = c.run(inputs, inflight=16, max_seconds=60, scores=True, keep=True)
+    assert rep["received"] == n, rep
+    assert [r.scores for r in rep["replies"]] == want.tolist()
+    assert [r.cls for r in rep["replies"]] == np.argmax(want, axis=1).tolist()

@@ -274,6 +274,9 @@ def command(args) -> None:
     import json
 
     from xdpnn.traffic import bench_report
+    if getattr(args, "serving", False):
+        from xdpnn.traffic import bench_serving
+        return bench_serving.command(args, progress)
     s = Settings.quick() if args.quick else Settings()
     if args.shape:
         s.shapes = args.shape

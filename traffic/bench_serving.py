@@ -280,3 +280,104 @@ def report(results: dict, model: Model, name: str, s: Settings, b: Bench, pinned
                       "user_server": "traffic/serve_user.c, " + " ".join(
                           ["-O2", "-march=native"]),
                       "seconds_total": round(seconds, 1)}}
+
+
+def markdown(r: dict) -> str:
+    """The serving tables: peak and RTT against load, per server, and ratios."""
+    names = {"xdp": "XDP (attach --serve)", "user_c": "user-space C server"}
+    lines = ["| server | peak requests/s | flood: served (offered) k/s, lost | closed loop "
+             f"({r['setup']['window']} outstanding) k/s |",
+             "|---|---|---|---|"]
+
+    def k(s):
+        return f"{s['median'] / 1e3:.0f} ({s['min'] / 1e3:.0f}-{s['max'] / 1e3:.0f})"
+    for kind, v in r["servers"].items():
+        f = v["flood"]
+        lines.append(f"| {names[kind]} | {v['peak'] / 1e3:.0f}k | {k(f['rate'])} "
+                     f"({f['offered']['median'] / 1e3:.0f}), {f['lost']} of {f['sent']} | "
+                     f"{k(v['window']['rate'])} |")
+    lines += ["", "| server | load (of its own peak) | requests/s reached | RTT p50 us | p90 us | "
+              "p99 us | lost |", "|---|---|---|---|---|---|---|"]
+    for kind, v in r["servers"].items():
+        for f, x in v["loads"].items():
+            lines.append(f"| {names[kind]} | {float(f) * 100:.0f}% | "
+                         f"{x['rate']['median']:.0f} | {x['p50']['median']:.0f} | "
+                         f"{x['p90']['median']:.0f} | {x['p99']['median']:.0f} | "
+                         f"{x['lost']} of {x['sent']} |")
+    ra = r["ratios"]
+
+    def q(s):
+        return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+    lines += ["", f"XDP over the C server, same trial, median (min-max) of {r['setup']['trials']}: "
+                  f"flood {q(ra['peak_flood'])}, closed loop {q(ra['peak_window'])}; "
+                  "RTT p50 of the C server over XDP's at 10%, 50%, 90% of each one's peak: "
+                  + ", ".join(q(ra[f"p50_at_{f}"]) for f in r["setup"]["loads"]) + ".",
+              "", f"Model {r['model']}; {r['setup']['trials']} trials of {r['setup']['seconds']} s "
+                  f"per server per figure, alternating; client on CPU {r['setup']['client_cpu']}, "
+                  f"server (XDP's NAPI thread, or the C server and its NAPI thread) on CPU "
+                  f"{r['setup']['server_cpu']}; load client: {r['setup']['load_client']}; every "
+                  "reply's class checked against the reference."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> str | None:
+    """RTT percentiles against the requests/s reached, per server."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install 'xdpnn[bench]')"
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (kind, v), color in zip(r["servers"].items(), ("tab:blue", "tab:orange")):
+        xs = [x["rate"]["median"] / 1e3 for x in v["loads"].values()]
+        for p, style in (("p50", "-o"), ("p90", "--s"), ("p99", ":^")):
+            ax.plot(xs, [x[p]["median"] for x in v["loads"].values()], style, color=color,
+                    label=f"{kind} {p}")
+        ax.axvline(v["peak"] / 1e3, color=color, alpha=0.4, label=f"{kind} peak")
+    ax.set(yscale="log", xlabel="requests/s reached (thousands), at 10/50/90% of each peak",
+           ylabel="round-trip time, us", title=f"Serving {r['model']}: XDP against a "
+                                               "user-space C server")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def command(args, progress) -> None:
+    """`xdpnn bench --serving`: measure, write bench.json, bench.md and
+    bench-serving.png to the results directory, print the tables."""
+    import platform
+
+    from xdpnn.loader import datapath
+    from xdpnn.trainer.model import random_model
+    s = Settings.quick() if args.quick else Settings()
+    if args.trials is not None:
+        s.trials = args.trials
+    if args.seconds is not None:
+        s.seconds = args.seconds
+    if args.model:
+        model = datapath.load_model(args.model[0])
+        name = f"{model.shape} ({Path(args.model[0]).name})"
+    else:
+        name = (args.shape or [DEFAULT_SHAPE])[0]
+        model = random_model([int(x) for x in name.split("-")], seed=1)
+    out_dir = Path(args.out or time.strftime("results/bench-serving-%Y%m%d-%H%M%S"))
+    serving = run(model, name, s, progress)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), platform.processor())
+    result = {"schema": "xdpnn-bench-serving/1", "environment": {
+                  "kernel": platform.release(), "cpu_model": cpu, "cpus": os.cpu_count(),
+                  "load_average": open("/proc/loadavg").read().split()[:3]},
+              "serving": serving}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "bench.md").write_text(markdown(serving))
+    why = plot(serving, out_dir / "bench-serving.png")
+    if why:
+        progress(why)
+    progress(f"bench: wrote {out_dir}/bench.json, bench.md"
+             f"{', bench-serving.png' if not why else ''}")
+    print(json.dumps(result, indent=1) if args.json else markdown(serving))
