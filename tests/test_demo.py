@@ -19,13 +19,23 @@ def leftovers(pid):
     return [line for line in ns.splitlines() if f"xdpnn-demo-{pid}-" in line] + pins
 
 
+def leftovers_of_any_demo(r):
+    """The demo's namespaces, named in its output, that still exist."""
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    return [n for n in ns if n.startswith("xdpnn-demo-") and n in r.stdout]
+
+
 def test_demo_matches_the_reference_and_cleans_up():
     r = xdpnn("demo", "--packets", "120")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kernel == reference (every row of the matrix): yes" in r.stdout
     assert "accuracy in the kernel: " in r.stdout
     assert "received at the far end: 138/138 frames" in r.stdout
+    assert "accuracy from the replies: " in r.stdout
+    assert "120 requests, 120 replies (XDP_TX)" in r.stdout
+    assert "every reply's class == reference: yes" in r.stdout
     assert "cleaning up" in r.stdout
+    assert leftovers_of_any_demo(r) == []
 
 
 def test_demo_cleans_up_on_ctrl_c():
@@ -35,7 +45,7 @@ def test_demo_cleans_up_on_ctrl_c():
     line = ""
     # Interrupt while it attaches: the latest point that is never over
     # before the signal lands, however loaded the machine is.
-    while "[3/5]" not in line and time.monotonic() < deadline:
+    while "[3/6]" not in line and time.monotonic() < deadline:
         line = p.stdout.readline()
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=HANG_GUARD_S)

@@ -7,8 +7,11 @@ requests, grouped by true label, plus a few frames that are not requests.
 After each group it reads the kernel's per-class counters: their deltas are
 that label's row of the confusion matrix, from the kernel's own counts.  At
 the end it shows the matrix, the accuracy, the frames forwarded, the
-per-packet cost, and whether the kernel's rows equal the reference's; then
-it removes everything it made, on Ctrl-C too.
+per-packet cost, and whether the kernel's rows equal the reference's.
+Then it serves the same samples: the model attached with --serve on a
+client-server pair, the samples sent as requests from a UDP socket, the
+accuracy computed from the replies' classes.  It removes everything it
+made, on Ctrl-C too.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from xdpnn.trainer.train import confusion, labeled_test_set
 from xdpnn.traffic import packets
 from xdpnn.traffic.sender import send_frames
 from xdpnn.traffic.sink import Sink
-from xdpnn.traffic.topology import Topology
+from xdpnn.traffic.topology import SERVER_ADDRS, ClientServer, Topology
 
 # Regenerate with `make models/digits-default.npz` (deterministic: seed 0).
 DEFAULT_MODEL = Path(str(resources.files("xdpnn.models") / "digits-default.npz"))
@@ -62,17 +65,17 @@ def run(args) -> int:
     acc = model.provenance["report"]["accuracy"]
 
     with Topology(f"xdpnn-demo-{os.getpid()}") as t:
-        say(f"[1/5] topology: {t.gen} [g0] -> [d0] {t.dut} [d1] -> [s0] {t.sink}")
+        say(f"[1/6] topology: {t.gen} [g0] -> [d0] {t.dut} [d1] -> [s0] {t.sink}")
         with Sink(t.sink, "s0") as receiver, Sink(t.gen, "g0"):
             try:
-                say(f"[2/5] model: {model.shape} from {model_path}, trained on "
+                say(f"[2/6] model: {model.shape} from {model_path}, trained on "
                     f"{model.provenance['report']['data']}; test accuracy: full-precision MLP "
                     f"{acc['full_precision']:.4f}, binarized {acc['exported']:.4f}")
-                say(f"[3/5] attach: xdpnn -n {t.dut} attach d0 --peer d1 --model {model_path}")
+                say(f"[3/6] attach: xdpnn -n {t.dut} attach d0 --peer d1 --model {model_path}")
                 rec = datapath.attach("d0", model_path, peer="d1", ns=t.dut)
                 say(f"      program id {rec['prog_id']}, native XDP on d0 and d1, "
                     f"requests are UDP to port {port}")
-                say(f"[4/5] traffic: {len(frames)} test samples as requests, grouped by true "
+                say(f"[4/6] traffic: {len(frames)} test samples as requests, grouped by true "
                     f"label, then {len(others)} other frames (ARP, IPv6, VLAN, malformed, "
                     "wrong port)")
                 with bpf_sys.bpf_stats():
@@ -84,8 +87,34 @@ def run(args) -> int:
             finally:
                 datapath.detach("d0", t.dut) if os.path.isdir(datapath.pin_dir("d0", t.dut)) \
                     else None
-                say("cleaning up: detached, namespaces removed")
-    return 0 if same else MismatchError.exit_code
+    served = _serve(model, model_path, bits, labels)
+    say("cleaning up: detached, namespaces removed")
+    return 0 if same and served else MismatchError.exit_code
+
+
+def _serve(model, model_path, bits: np.ndarray, labels: np.ndarray) -> bool:
+    """The samples as requests to the model served from XDP; whether every
+    reply came and carried the reference's class."""
+    from xdpnn import client
+    with ClientServer(f"xdpnn-demo-{os.getpid()}") as t:
+        say(f"[6/6] serving: xdpnn -n {t.server} attach s0 --model {model_path} --serve; "
+            f"xdpnn -n {t.client} query {SERVER_ADDRS[0]} ...")
+        datapath.attach("s0", model_path, ns=t.server, serve=True)
+        try:
+            inputs = [reference.bytes_from_bits(b) for b in bits]
+            with client.Client(SERVER_ADDRS[0], model.input.get("port", 9595),
+                               netns=t.client, timeout=2.0) as c:
+                rep = c.run(inputs, inflight=8, max_seconds=30, keep=True)
+        finally:
+            datapath.detach("s0", t.server)
+    replies = rep.pop("replies")
+    acc = client.accuracy(replies, labels.tolist())
+    same = [r.cls if r else None for r in replies] == reference.predict(model, bits).tolist()
+    say(f"      {rep['sent']} requests, {rep['received']} replies (XDP_TX) in {rep['seconds']} s, "
+        f"rtt p50 {rep['rtt_us'].get('p50', 0):.0f} us")
+    say(f"      accuracy from the replies: {acc['correct']}/{acc['answered']} = "
+        f"{acc['accuracy']:.4f}; every reply's class == reference: {'yes' if same else 'NO'}")
+    return same
 
 
 def _class_counts(t: Topology) -> np.ndarray:
@@ -128,7 +157,7 @@ def _report(t, model, got, want, receiver, n_frames, prog_id) -> bool:
     s = datapath.stats("d0", t.dut)
     names = model.classes
     width = max(5, max(len(c) for c in names) + 1)
-    say("[5/5] results: the kernel's confusion matrix (rows: true label, columns: class the "
+    say("[5/6] results: the kernel's confusion matrix (rows: true label, columns: class the "
         "kernel counted)")
     say("      " + " " * width + "".join(f"{c:>{width}}" for c in names))
     for name, row in zip(names, got):
