@@ -346,7 +346,7 @@ def plot(r: dict, path: Path) -> str | None:
     return None
 
 
-def command(args, progress) -> None:
+def command(args, progress, prefix: str | None = None) -> None:
     """`xdpnn bench --serving`: measure, write bench.json, bench.md and
     bench-serving.png to the results directory, print the tables."""
     import platform
@@ -365,7 +365,7 @@ def command(args, progress) -> None:
         name = (args.shape or [DEFAULT_SHAPE])[0]
         model = random_model([int(x) for x in name.split("-")], seed=1)
     out_dir = Path(args.out or time.strftime("results/bench-serving-%Y%m%d-%H%M%S"))
-    serving = run(model, name, s, progress)
+    serving = run(model, name, s, progress, prefix)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor())
     result = {"schema": "xdpnn-bench-serving/1", "environment": {
