@@ -15,7 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 say() { echo "setup: $*"; }
-PKGS="python3-bpfcc libbpf1 python3-pyroute2 python3-prometheus-client iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant"
+# gcc and libc6-dev: the user-space baselines and servers (bench, serve-userspace)
+# are C compiled at run time for each model.
+PKGS="python3-bpfcc libbpf1 python3-pyroute2 python3-prometheus-client iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant gcc libc6-dev"
 if [ "${1:-}" = --packages ]; then
 	echo "$PKGS"
 	exit 0
