@@ -37,7 +37,9 @@ from xdpnn.trainer.model import DEFAULT_PORT, Model
 
 IMPLS = ("c", "python")
 SOURCE = resources.files("xdpnn.traffic") / "serve_user.c"
-CFLAGS = ["-O2", "-march=native", "-DBNN_SIMD=0"]
+# -march=native brings popcnt; -mpopcnt is the fallback for a compiler that
+# does not know the CPU (as traffic/baseline.py does).
+FLAG_SETS = (["-O2", "-march=native"], ["-O2", "-mpopcnt"])
 READY_SECONDS = 30.0
 
 
@@ -52,13 +54,14 @@ def build_c(model: Model, folder: Path) -> tuple[Path, Path]:
     exe = folder / "serve_user"
     src = Path(str(SOURCE))
     bpf = Path(str(resources.files("xdpnn.bpf") / "xdpnn_shared.h")).parent
-    cmd = [cc, *CFLAGS, *layout.cflags(model, methods=hz), f"-I{bpf}", f"-I{src.parent}",
-           "-o", str(exe), str(src)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
-        raise BuildError(f"serve-userspace: compile {src.name} for model {model.shape}: {last}")
-    return exe, words
+    for flags in FLAG_SETS:
+        cmd = [cc, *flags, "-DBNN_SIMD=0", *layout.cflags(model, methods=hz), f"-I{bpf}",
+               f"-I{src.parent}", "-o", str(exe), str(src)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0:
+            return exe, words
+    last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+    raise BuildError(f"serve-userspace: compile {src.name} for model {model.shape}: {last}")
 
 
 class UserServer:
