@@ -155,9 +155,8 @@ def _interrupt(signum, frame):
 
 
 def report_error(json_wanted: bool, name: str, message: str, code: int) -> int:
-    step = name.split()[0]
-    if name != "xdpnn" and not message.startswith(f"{step}:"):
-        message = f"{step}: {message}"
+    if name != "xdpnn" and not message.startswith(f"{name}:"):
+        message = f"{name}: {message}"  # the command, "model add" for a subcommand
     if json_wanted:
         print(json.dumps({"error": message, "exit_code": code}))
     else:
