@@ -57,8 +57,9 @@ def inputs_for(model, n, seed):
     return bits, [reference.bytes_from_bits(b) for b in bits]
 
 
-def ask(served, model_id, inputs, server=SERVER, **kw):
-    with client.Client(server, netns=served["client"], model=model_id, timeout=2.0) as c:
+def ask(served, model_id, inputs, server=SERVER, port=client.DEFAULT_PORT, **kw):
+    with client.Client(server, port, netns=served["client"], model=model_id,
+                       timeout=2.0) as c:
         rep = c.run(inputs, inflight=16, max_seconds=60, scores=True, keep=True, **kw)
     assert rep["lost"] == 0, rep
     return rep["replies"]
@@ -112,6 +113,21 @@ def test_two_models_of_different_shapes_answer_like_their_references(served):
     # Model 1's program counts its classes; the attached program never saw them.
     assert sum(s["models"]["1"]["classes"].values()) == rows[1]["requests"]
     assert sum(s["classes"].values()) == rows[0]["requests"]
+
+
+def test_the_port_is_every_models(served):
+    """nn_config is shared: `set --port` moves model 1's requests too."""
+    sns, models = served["server"], served["models"]
+    xdpnn(sns, "set", "s0", "--port", "9696")
+    try:
+        for model_id in (0, 1):
+            bits, inputs = inputs_for(models[str(model_id)], 50, seed=40 + model_id)
+            got = ask(served, model_id, inputs, port=9696)
+            assert [r.cls for r in got] == reference.predict(models[str(model_id)],
+                                                             bits).tolist()
+    finally:
+        xdpnn(sns, "set", "s0", "--port", str(client.DEFAULT_PORT))
+    assert_answers(served, 1, models["1"], n=50, seed=42)
 
 
 def test_a_removed_model_gets_unknown_model_while_the_others_answer(served):
@@ -250,7 +266,17 @@ def test_detach_removes_every_model(served):
                 break
             assert time.monotonic() < deadline, f"program {r['prog_id']} is still loaded"
             time.sleep(0.05)
-    # Attached again, the interface serves model 0 alone.
+    # Attached without --serve, it has no model ids.
+    xdpnn(sns, "attach", "s0", "--model", served["files"]["0"])
+    for args in (["model", "add", "s0", "--model", served["files"]["2"], "--id", "1"],
+                 ["model", "list", "s0"]):
+        r = xdpnn(sns, *args, check=False)
+        assert r.returncode == 2 and "s0: not serving" in r.stderr, r.stderr
+    assert sorted(os.listdir(f"/sys/fs/bpf/xdpnn/s0@{sns}")) == sorted(
+        ("prog", "link", "nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta",
+         "nn_serve", "nn_progs"))
+    xdpnn(sns, "detach", "s0")
+    # Attached again with --serve, the interface serves model 0 alone.
     xdpnn(sns, "attach", "s0", "--model", served["files"]["0"], "--serve")
     _, inputs = inputs_for(served["models"]["1"], 20, seed=1)
     assert {r.status for r in ask(served, 1, inputs)} == {"unknown_model"}
