@@ -494,7 +494,7 @@ def cmd_model_show(args):
 @command("model add", "serve another model on a serving interface, chosen by the requests' "
                       "model id", """
   sudo xdpnn -n srv model add s0 --model digits.npz --id 1
-  sudo xdpnn -n srv model add s0 --model flows.npz --id 2 -j
+  sudo xdpnn -n srv model add s0 --model small.npz --id 2 -j
 
 The model is compiled for its own shape as a program of its own, reached by
 tail call from the attached one (docs/serving.md, "Several models").""", options=[

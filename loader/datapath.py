@@ -494,8 +494,9 @@ def swap(iface: str, ns: str | None, model_path: str, model_id: int = 0) -> dict
         else:
             old, mode, outer = rec["model"], rec["input"], p.fds["nn_model"]
         if new.shape != old["shape"] or new.mode != mode:
-            raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); model "
-                             f"{model_id} is {old['shape']} ({mode}): "
+            which = f"model {model_id}" if model_id else "the attached one"
+            raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); {which} "
+                             f"is {old['shape']} ({mode}): "
                              + ("remove and add it" if model_id else "detach and attach"))
         if model_id:
             rec["models"][str(model_id)] = {**old, **model_summary(new, model_path)}
