@@ -152,9 +152,10 @@ def test_a_removed_model_gets_unknown_model_while_the_others_answer(served):
 
 def test_one_model_swapped_100_times_under_load_the_other_never_changes(served):
     """Clients ask both models without pause while model 1 is swapped between
-    two models of its shape: every model 0 reply is model 0's, every model 1
-    reply is one of its two models' (and both are seen)."""
-    from xdpnn.loader import datapath
+    two models of its shape, then while model 2 is added and removed: every
+    model 0 reply is model 0's, every model 1 reply is one of its two
+    models' (and both are seen), no request is lost."""
+    from xdpnn.loader import datapath, multimodel
     models, files, sns = served["models"], served["files"], served["server"]
     n = 256
     asked = {k: inputs_for(models[k], n, seed=20 + int(k)) for k in ("0", "1")}
@@ -179,6 +180,8 @@ def test_one_model_swapped_100_times_under_load_the_other_never_changes(served):
         for i in range(100):
             datapath.swap("s0", sns, str(files["1b" if i % 2 == 0 else "1"]), model_id=1)
             stop.wait(0.01)
+        multimodel.add("s0", sns, str(files["2"]), 2)
+        multimodel.remove("s0", sns, 2)
     finally:
         stop.set()
         for t in threads:
