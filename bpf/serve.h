@@ -156,7 +156,7 @@ static __always_inline int serve_parse(struct xdp_md *ctx, const struct nn_confi
 		req->counters = model < NN_SRV_MODELS ? model : NN_SRV_MODELS;
 		__u32 in_len = bpf_ntohs(h->length);
 		__u8 *in = (void *)(h + 1);
-		if (model != 0) /* one model per program for now: id 0 */
+		if (model != NN_MODEL_ID) /* each program serves one id (xdpnn.c) */
 			req->status = NN_SRV_UNKNOWN_MODEL;
 		else if (in_len < NN_IN_BYTES || len - NN_SRV_HDR_BYTES < in_len ||
 			 (void *)in + NN_IN_BYTES > data_end)

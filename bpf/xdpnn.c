@@ -13,8 +13,20 @@
  *                    baseline that inference is compared against;
  *   NN_REFLECT       the default path is XDP_TX (back out of the ingress port).
  * And NN_SERVE (attach --serve, payload models): requests with a header are
- * answered from here with XDP_TX (serve.h, docs/serving.md). */
+ * answered from here with XDP_TX (serve.h, docs/serving.md).
+ *
+ * Several models on one interface (`xdpnn model add`): the attached
+ * program serves model id 0 and tail-calls nn_progs[id] for a request to
+ * another id (tailcall.h).  Each added model is this same file built for
+ * its own shape with NN_MODEL_ID=<id> and NN_PIN_DIR=<the attached
+ * program's pin folder>: it has its own model map, scratch and counters,
+ * and shares the interface's nn_config and nn_serve. */
 #include "xdpnn_shared.h"
+
+#ifndef NN_MODEL_ID
+#define NN_MODEL_ID 0 /* the attached program */
+#endif
+_Static_assert(NN_MODEL_ID >= 0 && NN_MODEL_ID < NN_SRV_MODELS, "a model id indexes nn_serve");
 
 #ifndef NN_INPUT_MODE
 #error "NN_INPUT_MODE missing: the loader passes it"
@@ -26,6 +38,7 @@
 
 #include "parse.h"
 #include "bnn.h"
+#include "tailcall.h"
 #ifdef NN_SERVE
 #include "serve.h"
 #endif
@@ -49,8 +62,9 @@ struct nn_model_words {
  * and the first model's map. */
 BPF_ARRAY(nn_model_words, struct nn_model_words, 1);
 BPF_ARRAY_OF_MAPS(nn_model, "nn_model_words", 1);
-/* Port, actions, redirect slots and the forwarding pair; written by the loader. */
-BPF_ARRAY(nn_config, struct nn_config, 1);
+/* Port, actions, redirect slots and the forwarding pair; written by the loader.
+ * Shared by every program of the interface (tailcall.h, NN_SHARED). */
+NN_SHARED("array", struct nn_config, nn_config, 1);
 /* Counters per input result, verdict and class, one entry per ingress side;
  * read by `xdpnn stats` and the exporter. */
 BPF_PERCPU_ARRAY(nn_counters, struct nn_counters, NN_SIDES);
@@ -58,12 +72,18 @@ BPF_PERCPU_ARRAY(nn_counters, struct nn_counters, NN_SIDES);
  * written by the loader. */
 BPF_DEVMAP(nn_tx_port, NN_TX_SLOTS);
 
+#if NN_MODEL_ID == 0
 /* The attach record (JSON) that `xdpnn status` and later commands read;
- * written by the loader, never read by the program. */
+ * written by the loader, never read by the program.  It names the added
+ * models too, so they have none of their own. */
 struct nn_meta {
 	char json[NN_META_BYTES];
 };
 BPF_ARRAY(nn_meta, struct nn_meta, 1);
+/* The programs of the models added to this interface, by model id; filled
+ * by the loader (`xdpnn model add`). */
+NN_PROG_ARRAY(nn_progs, NN_SRV_MODELS);
+#endif
 
 /* Activations of the layer being computed: too big for the 512-byte BPF
  * stack in large models; per CPU, so packets never share one. */
@@ -79,9 +99,9 @@ struct nn_scratch {
 BPF_PERCPU_ARRAY(nn_scratch, struct nn_scratch, 1);
 
 /* Serving counters per model id (entry NN_SRV_MODELS: the rest); written by
- * the program, read by `xdpnn stats`.  Declared in every build, so every
- * datapath pins the same maps. */
-BPF_PERCPU_ARRAY(nn_serve, struct nn_serve_counters, NN_SRV_MODELS + 1);
+ * the programs, read by `xdpnn stats`.  Declared in every build, so every
+ * datapath pins the same maps; shared by the interface's programs. */
+NN_SHARED("percpu_array", struct nn_serve_counters, nn_serve, NN_SRV_MODELS + 1);
 
 #ifdef NN_RECORD_INPUT
 /* Debug builds only (predict, tests): the last input the model saw. */
@@ -141,6 +161,14 @@ int xdpnn(struct xdp_md *ctx)
 	/* s->a holds the input, then alternates with s->b as layers run. */
 #ifdef NN_SERVE
 	int r = serve_parse(ctx, cfg, s->a, &s->req);
+#if NN_MODEL_ID == 0
+	/* A request to another model id goes to that model's program, which
+	 * parses it again and answers it.  An empty slot (or an id past the
+	 * array: req.counters is then NN_SRV_MODELS) returns here, and the
+	 * request gets the unknown_model reply. */
+	if (r == NN_IN_REQUEST_ERROR && s->req.status == NN_SRV_UNKNOWN_MODEL)
+		nn_progs.call(ctx, s->req.counters); /* BCC: bpf_tail_call() */
+#endif
 #else
 	int r = extract_input(ctx, cfg, s->a, s->record);
 #endif

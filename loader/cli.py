@@ -72,6 +72,7 @@ SECONDS = float_in(0, 86400)
 IFNAME = _typed(check_ifname, "an interface name (1..15 bytes, no '/', ':', '@' or spaces)")
 NETNS = _typed(check_netns_name, "a network namespace name (no '/', not '.' or '..')")
 SHAPE = _typed(_shape, "sizes joined by '-', like 784-64-32-10")
+MODEL_ID = int_in(0, 65535)  # a request's; the command checks it against the ids it serves
 ADDRESS = _typed(lambda t: str(ipaddress.ip_address(t)), "an IPv4 or IPv6 address")
 
 
@@ -154,9 +155,8 @@ def _interrupt(signum, frame):
 
 
 def report_error(json_wanted: bool, name: str, message: str, code: int) -> int:
-    step = name.split()[0]
-    if name != "xdpnn" and not message.startswith(f"{step}:"):
-        message = f"{step}: {message}"
+    if name != "xdpnn" and not message.startswith(f"{name}:"):
+        message = f"{name}: {message}"  # the command, "model add" for a subcommand
     if json_wanted:
         print(json.dumps({"error": message, "exit_code": code}))
     else:
@@ -246,6 +246,9 @@ def cmd_status(args):
                      f"{r['prog_id']}\n  model {r['model']['shape']} {r['model']['path']} "
                      f"(sha256 {r['model']['sha256'][:12]}, model map {r['model_map_id']})\n"
                      f"  input {r['input']}{port}; actions: {acts or 'count all'}")
+        for k, m in r.get("models", {}).items():
+            lines.append(f"  model {k}: {m['shape']} {m['path']} (sha256 {m['sha256'][:12]}, "
+                         f"prog id {m['prog_id']}, model map {m['model_map_id']})")
     out(args, recs, "\n".join(lines))
 
 
@@ -302,19 +305,26 @@ def format_stats(s: dict, prev: dict | None) -> str:
         status = ", ".join(f"{k} {v}" for k, v in e["status"].items() if v) or "none"
         lines.append(f"  serve {name}: {e['requests']} requests, {e['replies']} replies; "
                      f"status: {status}")
+    for k, m in s.get("models", {}).items():
+        classes = ", ".join(f"{c} {v}" for c, v in m["classes"].items() if v) or "none"
+        lines.append(f"  model {k} ({m['shape']}) classes: {classes}")
     return "\n".join(lines)
 
 
-@command("swap", "replace the model with another of the same shape, in place", """
-  sudo xdpnn swap veth0 --model retrained.npz""", options=[
+@command("swap", "replace a model with another of the same shape, in place", """
+  sudo xdpnn swap veth0 --model retrained.npz
+  sudo xdpnn -n srv swap s0 --model digits-v2.npz --id 1      an added model""", options=[
     arg("iface", type=IFNAME),
     arg("--model", required=True, metavar="FILE"),
+    arg("--id", type=MODEL_ID, default=0,
+        help="serving: the model id to replace (0, the attached model, by default)"),
 ])
 def cmd_swap(args):
     from xdpnn.loader import datapath
-    rec = datapath.swap(args.iface, args.netns, args.model)
-    out(args, rec, f"{args.iface}: now running {rec['model']['path']} "
-                   f"(sha256 {rec['model']['sha256'][:12]})")
+    rec = datapath.swap(args.iface, args.netns, args.model, args.id)
+    m = rec["models"][str(args.id)] if args.id else rec["model"]
+    out(args, rec, f"{args.iface}: now running {m['path']} (sha256 {m['sha256'][:12]})"
+                   + (f" as model {args.id}" if args.id else ""))
 
 
 @command("set", "change per-class actions or the request port", """
@@ -479,6 +489,52 @@ def cmd_model_show(args):
                                f"  classes: {', '.join(m.classes)}",
                                f"  model map value: {info['weight_bytes']} bytes",
                                f"  provenance: {json.dumps(m.provenance)}"]))
+
+
+@command("model add", "serve another model on a serving interface, chosen by the requests' "
+                      "model id", """
+  sudo xdpnn -n srv model add s0 --model digits.npz --id 1
+  sudo xdpnn -n srv model add s0 --model small.npz --id 2 -j
+
+The model is compiled for its own shape as a program of its own, reached by
+tail call from the attached one (docs/serving.md, "Several models").""", options=[
+    arg("iface", type=IFNAME, help="an interface attached with --serve"),
+    arg("--model", required=True, metavar="FILE", help="model file (.npz), payload input"),
+    arg("--id", required=True, type=MODEL_ID, help="its model id: 1..15"),
+])
+def cmd_model_add(args):
+    from xdpnn.loader import multimodel
+    r = multimodel.add(args.iface, args.netns, args.model, args.id)
+    out(args, r, f"{args.iface}: model {r['id']} is {r['shape']} {r['path']} "
+                 f"(sha256 {r['sha256'][:12]}, prog id {r['prog_id']})")
+
+
+@command("model remove", "stop serving an added model: its requests get unknown_model "
+                         "replies", """
+  sudo xdpnn -n srv model remove s0 --id 1""", options=[
+    arg("iface", type=IFNAME),
+    arg("--id", required=True, type=MODEL_ID, help="the model id: 1..15"),
+])
+def cmd_model_remove(args):
+    from xdpnn.loader import multimodel
+    r = multimodel.remove(args.iface, args.netns, args.id)
+    out(args, r, f"{args.iface}: model {r['id']} removed" +
+        (f" ({r['shape']} {r['path']})" if "shape" in r else ""))
+
+
+@command("model list", "the models a serving interface answers, by id, with their "
+                       "request counts", """
+  sudo xdpnn -n srv model list s0
+  sudo xdpnn -n srv model list s0 -j""", options=[arg("iface", type=IFNAME)])
+def cmd_model_list(args):
+    from xdpnn.loader import multimodel
+    rows = multimodel.list_models(args.iface, args.netns)
+    lines = [f"{'id':>3}  {'shape':<18}{'prog id':>8}{'requests':>10}{'replies':>10}"
+             f"{'errors':>8}  model"]
+    lines += [f"{r['id']:>3}  {r['shape']:<18}{r['prog_id']:>8}{r['requests']:>10}"
+              f"{r['replies']:>10}{r['errors']:>8}  {r['path']} (sha256 {r['sha256'][:12]})"
+              for r in rows]
+    out(args, rows, "\n".join(lines))
 
 
 @command("send", "send requests with random inputs, or a pcap's frames, from an interface "

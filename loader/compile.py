@@ -103,27 +103,35 @@ def check_kernel_headers() -> None:
 
 
 def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (),
-          methods=None) -> Program:
+          methods=None, added_to: str | None = None, model_id: int = 0) -> Program:
     """Compiles and loads the program for model, puts the model in force.
     methods forces each hidden layer's method (tests, measurements); a
-    program built so must be given models with write_model(..., methods)."""
+    program built so must be given models with write_model(..., methods).
+    added_to: the pin folder of an attached serving program; the program
+    built serves model_id beside it and shares its nn_config and nn_serve
+    (bpf/tailcall.h), which this build leaves as they are."""
     if sys.byteorder != "little":
         raise MissingFeatureError("compile: the weight layout (docs/model-format.md) is "
                                   "little-endian, and this CPU is big-endian")
     import_bcc()  # here, so that a missing BCC is a clear error, and the child has it
     check_kernel_headers()
     methods = layout.check_methods(model.sizes, methods)
+    if added_to:
+        defines = (*defines, f"NN_MODEL_ID={model_id}", f'NN_PIN_DIR="{added_to}"')
     text, cflags = source_and_flags(model, record_input, defines, methods)
-    names = ("nn_model_words",) + maps.MAP_NAMES + (("nn_last",) if record_input else ())
-    prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, f"model {model.shape}")
+    names = ("nn_model_words",) + (maps.ADDED_MAP_NAMES if added_to else maps.MAP_NAMES) \
+        + (("nn_last",) if record_input else ())
+    what = f"model {model.shape}" + (f" (id {model_id})" if added_to else "")
+    prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, what)
     prog = Program(prog_fd=prog_fd, maps=fds, model=model, cflags=cflags,
                    record_input=record_input, methods=methods)
     try:
         fill_model(fds["nn_model_words"], model, methods)  # the template: the first model's map
         put_model(fds["nn_model"], fds["nn_model_words"])
-        # Ready to classify as built: the model's request port, all counts.
-        port = model.input.get("port", DEFAULT_PORT)
-        write_config(fds["nn_config"], maps.Config(udp_port=port))
+        if not added_to:
+            # Ready to classify as built: the model's request port, all counts.
+            port = model.input.get("port", DEFAULT_PORT)
+            write_config(fds["nn_config"], maps.Config(udp_port=port))
     except BaseException:
         prog.close()
         raise

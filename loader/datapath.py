@@ -20,7 +20,7 @@ import subprocess
 import time
 from contextlib import ExitStack, contextmanager
 
-from xdpnn.loader import bpf_sys, compile, maps
+from xdpnn.loader import bpf_sys, compile, maps, progarray
 from xdpnn.loader.errors import (AttachError, MissingFeatureError, ModelFileError, StateError,
                                  UsageError, XdpnnError)
 from xdpnn.loader.netns import check_ifname, check_netns_name, ifindex, netns
@@ -351,6 +351,16 @@ class Pinned:
         for fd in self.fds.values():
             os.close(fd)
 
+    def open(self, name: str) -> int:
+        """Another pin of the folder (an added model's); closed with the rest."""
+        if name not in self.fds:
+            try:
+                self.fds[name] = bpf_sys.get_pinned(f"{self.dir}/{name}")
+            except bpf_sys.BpfError as e:
+                raise StateError(f"{e} (a model add or remove was interrupted?): `xdpnn model "
+                                 "remove` or `xdpnn detach` removes what is left") from None
+        return self.fds[name]
+
     def check_complete(self) -> None:
         """Every pin and the attach record are there, or a StateError says what is not."""
         missing = [n for n in ("prog",) + maps.MAP_NAMES if n not in self.fds]
@@ -420,8 +430,21 @@ def _status_of(iface: str, ns: str | None) -> dict:
                     live.append(bpf_sys.xdp_prog_id(ifindex(name, ns)) == prog_id)
             except (AttachError, bpf_sys.BpfError):
                 live.append(False)
-    return {**rec, "model_map_id": model_map,
+        models = added_models(p)
+    return {**rec, "model_map_id": model_map, "models": models,
             "state": "attached" if all(live) else "stale (interface gone or replaced)"}
+
+
+def added_models(p: Pinned) -> dict[str, dict]:
+    """The added models (`xdpnn model add`) as the attach record names them,
+    with what is in force: the program in their nn_progs slot (prog_id, 0 if
+    none) and their model map."""
+    out = {}
+    slots = progarray.slots(p.fds["nn_progs"], "nn_progs")
+    for k, m in sorted(p.record.get("models", {}).items(), key=lambda kv: int(kv[0])):
+        out[k] = {**m, "prog_id": slots.get(int(k), 0),
+                  "model_map_id": compile.model_map_id(p.open(added_pin(int(k), "nn_model")))}
+    return out
 
 
 def stats(iface: str, ns: str | None) -> dict:
@@ -431,6 +454,8 @@ def stats(iface: str, ns: str | None) -> dict:
         sides = [compile.read_counters(p.fds["nn_counters"], s) for s in range(maps.SIDES)]
         rec = p.record
         serving = compile.read_serve_counters(p.fds["nn_serve"]) if rec.get("serve") else None
+        added = {k: (m, compile.read_counters(p.open(added_pin(int(k), "nn_counters"))))
+                 for k, m in rec.get("models", {}).items()}
     classes = rec["model"]["classes"]
 
     def named(c):
@@ -444,24 +469,41 @@ def stats(iface: str, ns: str | None) -> dict:
     if serving:
         # Per model id; ids without a model show only if something asked for them.
         out["serve"] = {f"model {k}" if k < maps.SRV["models"] else "other": e
-                        for k, e in enumerate(serving) if k == 0 or e["requests"]}
+                        for k, e in enumerate(serving)
+                        if k == 0 or e["requests"] or str(k) in added}
+    # Each added model's program counts its own classes (the totals above
+    # are the attached program's: model 0, and every frame it keeps).
+    out["models"] = {k: {"shape": m["shape"], "path": m["path"],
+                         "classes": {name: int(c["class_packets"][j])
+                                     for j, name in enumerate(m["classes"])}}
+                     for k, (m, c) in sorted(added.items(), key=lambda kv: int(kv[0]))}
     return out
 
 
-def swap(iface: str, ns: str | None, model_path: str) -> dict:
+def swap(iface: str, ns: str | None, model_path: str, model_id: int = 0) -> dict:
     """Puts a same-shape model in force: a new inner map of nn_model, filled,
-    then put in place of the old one in one update (docs/datapath.md)."""
+    then put in place of the old one in one update (docs/datapath.md).
+    model_id: the attached model (0) or an added one (`xdpnn model add`),
+    each with its own nn_model; the others are not touched."""
     new = load_model(model_path)
     with writer_lock(iface, ns), Pinned(iface, ns) as p:
         rec = p.record
-        old = rec["model"]
-        if new.shape != old["shape"] or new.mode != rec["input"]:
-            raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); the "
-                             f"attached one is {old['shape']} ({rec['input']}): detach and attach")
-        rec["model"] = model_summary(new, model_path)
-        rec["actions"] = {c: a for c, a in zip(new.classes, rec["actions"].values())}
+        if model_id:
+            old, mode = added_model(rec, iface, model_id), "payload"
+            outer = p.open(added_pin(model_id, "nn_model"))
+        else:
+            old, mode, outer = rec["model"], rec["input"], p.fds["nn_model"]
+        if new.shape != old["shape"] or new.mode != mode:
+            which = f"model {model_id}" if model_id else "the attached one"
+            raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); {which} "
+                             f"is {old['shape']} ({mode}): "
+                             + ("remove and add it" if model_id else "detach and attach"))
+        if model_id:
+            rec["models"][str(model_id)] = {**old, **model_summary(new, model_path)}
+        else:
+            rec["model"] = model_summary(new, model_path)
+            rec["actions"] = {c: a for c, a in zip(new.classes, rec["actions"].values())}
         record = encode_record(rec)
-        outer = p.fds["nn_model"]
         with ExitStack() as fds:
             old_fd = bpf_sys.map_fd_by_id(compile.model_map_id(outer))
             fds.callback(os.close, old_fd)
@@ -474,6 +516,23 @@ def swap(iface: str, ns: str | None, model_path: str) -> dict:
                 compile.put_model(outer, old_fd)  # status must name the model in force
                 raise
     return rec
+
+
+def added_pin(model_id: int, name: str) -> str:
+    """The pin of an added model's program ("prog") or map, beside the
+    attached program's: detach removes the folder, and them with it.
+    bpffs refuses names with a dot."""
+    return f"model{model_id}_{name}"
+
+
+def added_model(rec: dict, iface: str, model_id: int) -> dict:
+    """The attach record's entry of model model_id, added to iface."""
+    models = rec.get("models", {})
+    if str(model_id) not in models:
+        have = ", ".join(["0"] + sorted(models, key=int))
+        raise StateError(f"{iface}: no model {model_id} (its models: {have}; see "
+                         f"`xdpnn model list {iface}`)")
+    return models[str(model_id)]
 
 
 def set_options(iface: str, ns: str | None, actions: list[str], port: int | None) -> dict:

@@ -16,7 +16,11 @@ from xdpnn.bpf.shared import (ACTIONS, INPUT_RESULTS, MAX_CLASSES, META_BYTES,  
                               SERVE_STATUS, SIDES, SRV, TX_SLOTS, TX_TARGETS, VERDICTS)
 
 # The maps a build hands out and an attach pins, by the names in bpf/xdpnn.c.
-MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta", "nn_serve")
+MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta", "nn_serve",
+             "nn_progs")
+# What the program of an added model has of its own (the rest it shares with
+# the attached program, or does without: bpf/xdpnn.c, NN_MODEL_ID).
+ADDED_MAP_NAMES = ("nn_model", "nn_counters")
 SERVE_ENTRIES = SRV["models"] + 1  # nn_serve: one per model id, then the rest
 
 

@@ -376,7 +376,7 @@ def test_model_show_exits_3_within_bounds(tmp_path, case):
     assert r.returncode == 3, (r.returncode, r.stderr)
     assert r.stdout == ""
     lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xdpnn: model: load model "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("xdpnn: model show: load model "), r.stderr
     assert str(path) in lines[0] and case.detail in lines[0], lines[0]
     assert took < CLI_SECONDS, (took, lines[0])
 

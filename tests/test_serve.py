@@ -176,3 +176,64 @@ def test_scores_are_the_references():
                                                          want[i].tolist())
     finally:
         prog.close()
+
+
+@pytest.mark.root
+def test_kernel_reply_equals_twin_with_an_added_model():
+    """Model 1 added beside model 0 as a program of its own (model add's
+    build, bpf/tailcall.h): requests to ids 0, 1 and 2 through the attached
+    program, each output frame equal to the twin's, each counted in the one
+    shared nn_serve under its id."""
+    import os
+    import uuid
+
+    from xdpnn.loader import bpf_sys, compile, progarray
+    models = {0: random_model([256, 32, 16, 4], seed=30), 1: random_model([100, 16, 3], seed=31)}
+    pdir = f"/sys/fs/bpf/xdpnn-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    progs = [compile.build(models[0], defines=("NN_SERVE",))]
+    os.mkdir(pdir)
+    try:
+        for name in ("nn_config", "nn_serve"):
+            bpf_sys.pin(progs[0].maps[name], f"{pdir}/{name}")
+        compile.write_config(progs[0].maps["nn_config"], compile.maps.Config(udp_port=PORT))
+        progs.append(compile.build(models[1], defines=("NN_SERVE",), added_to=pdir, model_id=1))
+        progarray.put(progs[0].maps["nn_progs"], 1, progs[1].prog_fd, "nn_progs")
+        assert progarray.slots(progs[0].maps["nn_progs"], "nn_progs") == \
+            {1: bpf_sys.prog_info(progs[1].prog_fd).id}
+
+        rng = np.random.default_rng(30)
+        fs = []
+        for i in range(1500):
+            mid = int(rng.integers(0, 3))
+            n_bytes = (models.get(mid, models[0]).sizes[0] + 7) // 8
+            inputs = rng.integers(0, 256, n_bytes + int(rng.integers(-1, 3)), dtype=np.uint8)
+            fs.append(packets.request(client.encode_request(i, inputs.tobytes(), model=mid,
+                                                            scores=bool(rng.random() < 0.5)),
+                                      PORT, ipv6=bool(i % 2)))
+        bad, outcomes = [], []
+        for i, f in enumerate(fs):
+            want = twin.serve(models[0], f, PORT, added={1: models[1]})
+            verdict, _, out = bpf_sys.test_run(progs[0].prog_fd, f)
+            if (compile.maps.VERDICTS[verdict], out) != (want.verdict, want.frame):
+                bad.append(f"frame {i} ({want.status}): kernel {out.hex()}, twin "
+                           f"{want.frame.hex()}")
+            outcomes.append(want)
+        assert not bad, f"{len(bad)} of {len(fs)} frames differ:\n" + "\n".join(bad[:5])
+        statuses = collections.Counter((o.counters, o.status) for o in outcomes)
+        assert {k for k, v in statuses.items() if v > 50} == {
+            (0, "ok"), (1, "ok"), (2, "unknown_model"), (0, "short_input"), (1, "short_input")}
+        served = compile.read_serve_counters(progs[0].maps["nn_serve"])
+        for k, entry in enumerate(served):
+            mine = [o for o in outcomes if o.counters == k]
+            assert entry["status"] == {s: sum(o.status == s for o in mine) for s in SERVE_STATUS}
+        # Model 1's classes are counted by its own program.
+        c = compile.read_counters(progs[1].maps["nn_counters"])
+        classes = collections.Counter(o.cls for o in outcomes
+                                      if o.counters == 1 and o.cls is not None)
+        assert c["class_packets"][:3].tolist() == [classes[k] for k in range(3)]
+    finally:
+        for name in os.listdir(pdir):
+            os.unlink(f"{pdir}/{name}")
+        os.rmdir(pdir)
+        for p in progs:
+            p.close()

@@ -28,7 +28,7 @@ ADDRS = {"c0": ("198.18.1.1", "2001:2:0:1::1"), "s0": ("198.18.1.2", "2001:2:0:1
 
 
 @contextmanager
-def client_server():
+def client_server(prefix: str = "xsv"):
     """Two namespaces joined by c0 <-> s0, addresses and static neighbours,
     no routes beyond the link's own; deleted on exit."""
     import pyroute2.netns
@@ -36,7 +36,7 @@ def client_server():
 
     from xdpnn.loader.netns import netns
     from xdpnn.traffic.sink import Sink
-    tag = f"xsv-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tag = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     names = {"c0": f"{tag}-c", "s0": f"{tag}-s"}
     made = []
     try:

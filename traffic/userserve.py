@@ -177,7 +177,7 @@ def python_server(model: Model, port: int, max_seconds: float) -> dict:
             payload, peer = sock.recvfrom(65535)
         except (socket.timeout, InterruptedError):
             continue
-        status, _, cls, scores = serve.request_status(model, payload)
+        status, _, cls, scores = serve.request_status({0: model}, payload)
         counters["requests"] += 1
         counters["status"][SERVE_STATUS.index(status)] += 1
         if status in serve.DROPPED:

@@ -62,8 +62,10 @@ def _l4(frame: bytes):
     return "classified", frame[ETH_LEN + IP6_LEN:ETH_LEN + IP6_LEN + plen], True
 
 
-def serve(model: Model, frame: bytes, port: int) -> Outcome:
-    """What the program compiled for model with --serve does with frame."""
+def serve(model: Model, frame: bytes, port: int, added: dict[int, Model] | None = None
+          ) -> Outcome:
+    """What the program compiled for model with --serve does with frame;
+    added: the models added beside it by id (`xdpnn model add`)."""
     result, l4, ip6 = _l4(frame)
     if result == "classified":
         if len(l4) < UDP_LEN:
@@ -75,7 +77,7 @@ def serve(model: Model, frame: bytes, port: int) -> Outcome:
     if result != "classified":
         return Outcome(result, "pass", frame, None, None)
     payload = l4[UDP_LEN:struct.unpack_from("!H", l4, 4)[0]]
-    status, counters, cls, scores = request_status(model, payload)
+    status, counters, cls, scores = request_status({0: model, **(added or {})}, payload)
     result = "classified" if status == "ok" else "request_error"
     if status in DROPPED:
         return Outcome(result, "drop", frame, status, counters)
@@ -83,8 +85,9 @@ def serve(model: Model, frame: bytes, port: int) -> Outcome:
                    status, counters, cls)
 
 
-def request_status(model: Model, payload: bytes):
-    """(status, nn_serve entry, class, scores or None) of a request's payload."""
+def request_status(models: dict[int, Model], payload: bytes):
+    """(status, nn_serve entry, class, scores or None) of a request's payload,
+    answered by models[its model id]."""
     if len(payload) < HDR:
         return "short_header", SRV["models"], None, None
     magic, version, flags, model_id, length = struct.unpack_from("!HBBHH", payload)
@@ -95,8 +98,9 @@ def request_status(model: Model, payload: bytes):
     if flags & SRV["f_reply"]:
         return "not_request", SRV["models"], None, None
     counters = min(model_id, SRV["models"])
-    if model_id != 0:
+    if model_id not in models:
         return "unknown_model", counters, None, None
+    model = models[model_id]
     n_bytes = (model.sizes[0] + 7) // 8
     if length < n_bytes or len(payload) - HDR < length:
         return "short_input", counters, None, None
