@@ -46,9 +46,9 @@ class Builder:
         var = r.uniform(0.1, 4, units) * r.choice([1, 1, 1, 0], units)
         mean = r.integers(-fan_in // 3, fan_in // 3 + 1, units).astype(np.float64)
         beta = r.normal(0, 0.5, units) * r.choice([1, 0], units)
-        return self.node("BatchNormalization",
-                         [x, self.const(gamma), self.const(beta), self.const(mean),
-                          self.const(var)], epsilon=eps if eps is not None else r.choice([1e-4, 0.0]))
+        eps = float(r.choice([1e-4, 0.0]))  # 0 with a zero variance: an infinite ratio
+        return self.node("BatchNormalization", [x, self.const(gamma), self.const(beta),
+                                                self.const(mean), self.const(var)], epsilon=eps)
 
     def model(self, x_in: str, out: str, n_out: int, annotate: str | None = None,
               out_type=TensorProto.FLOAT):

@@ -45,6 +45,7 @@ BINARIZERS = ("BipolarQuant", "Sign", "MultiThreshold")
 ELEMENTWISE = ("BatchNormalization", "Add", "Sub", "Mul", "Div", "Cast", "Identity")
 RESHAPES = ("Flatten", "Reshape")
 META_INPUT, META_CLASSES = "xdpnn.input", "xdpnn.classes"
+SUPPORTED = ", ".join(LINEAR + BINARIZERS + ELEMENTWISE + RESHAPES + ("ArgMax",))
 
 
 class GraphError(ValueError):
@@ -118,6 +119,11 @@ def framework_classes(model, bits: np.ndarray) -> np.ndarray:
     out = run_graph(model, {name: x})[g.output[0].name]
     out = out.reshape(len(bits), -1)
     return out[:, 0].astype(np.int64) if out.shape[1] == 1 else np.argmax(out, axis=1)
+
+
+def graph_inputs(model) -> int:
+    """How many inputs the graph's data input has (batch dimension excluded)."""
+    return int(np.prod(_input_dims(model.graph, 1)))
 
 
 def _input_dims(g, batch: int) -> list[int]:
@@ -412,7 +418,7 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
         if node is None or node.op_type not in LINEAR:
             what = "the graph's end" if node is None else _label(node)
             raise GraphError(f"{what}: expected MatMul or Gemm after layer {len(weights)}" +
-                             (f"; unsupported op (supported: {', '.join(LINEAR + BINARIZERS + ELEMENTWISE + RESHAPES)}, ArgMax)"
+                             (f"; unsupported op (supported: {SUPPORTED})"
                               if node is not None and node.op_type not in BINARIZERS else ""))
         linear = node
         w, bias = _weights(gr, linear, sizes[-1])
@@ -436,9 +442,7 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
             if gr.next(node.output[0]) is not None:
                 raise GraphError(f"{_label(gr.next(node.output[0]))}: nodes after ArgMax")
         elif node is not None:
-            raise GraphError(f"{_label(node)}: unsupported op (supported: "
-                             f"{', '.join(LINEAR + BINARIZERS + ELEMENTWISE + RESHAPES)}, "
-                             "ArgMax)")
+            raise GraphError(f"{_label(node)}: unsupported op (supported: {SUPPORTED})")
         _limits(sizes + [units], input_["mode"], linear, len(weights))
         out_scale, out_bias, ints = _fold_output(gr, chain, bits, c, d, sizes[-1], linear)
         weights.append(bits)
@@ -489,11 +493,11 @@ def import_file(path: str | Path, out: str | Path, input_mode: str | None = None
                 classes: list[str] | None = None, port: int | None = None) -> Model:
     """Reads a graph, writes its model file; on any error no file is left at out."""
     model = import_graph(load_graph(path), input_mode, classes, port, source=Path(path).name)
-    _save_atomic(out, model.save)
+    save_atomic(out, model.save)
     return model
 
 
-def _save_atomic(out: str | Path, save) -> None:
+def save_atomic(out: str | Path, save) -> None:
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -551,4 +555,4 @@ def export_graph(model: Model):
 
 def export_file(model: Model, out: str | Path) -> None:
     m = export_graph(model)
-    _save_atomic(out, lambda p: Path(p).write_bytes(m.SerializeToString()))
+    save_atomic(out, lambda p: Path(p).write_bytes(m.SerializeToString()))
