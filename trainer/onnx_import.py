@@ -277,20 +277,21 @@ def _weights(gr: _Graph, node, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise GraphError(f"{_label(node)}: weights are not constant")
     w = np.asarray(gr.const[node.input[1]], np.float64)
     attrs = {a.name: a for a in node.attribute}
-    bias = np.zeros(w.shape[-1] if w.ndim == 2 else 0)
+    bias = 0.0
     if node.op_type == "Gemm":
         if attrs.get("transA") and attrs["transA"].i:
             raise GraphError(f"{_label(node)}: transA is not supported")
         if attrs.get("transB") and attrs["transB"].i:
             w = w.T
-        alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
-        beta = attrs["beta"].f if "beta" in attrs else 1.0
-        w = w * alpha
+        w = w * (attrs["alpha"].f if "alpha" in attrs else 1.0)
         if len(node.input) > 2 and node.input[2]:
             if node.input[2] not in gr.const:
                 raise GraphError(f"{_label(node)}: bias is not constant")
-            bias = beta * np.broadcast_to(np.asarray(gr.const[node.input[2]], np.float64)
-                                          .reshape(-1), (w.shape[1],))
+            c = np.asarray(gr.const[node.input[2]], np.float64).reshape(-1)
+            if w.ndim != 2 or c.size not in (1, w.shape[1]):
+                raise GraphError(f"{_label(node)}: bias of {c.size} values for "
+                                 f"{w.shape[-1]} units")
+            bias = (attrs["beta"].f if "beta" in attrs else 1.0) * c
     if w.ndim != 2 or w.shape[0] != n:
         raise GraphError(f"{_label(node)}: weights of shape {w.shape}, expected ({n}, units)")
     return w, np.zeros(w.shape[1]) + bias
@@ -343,9 +344,9 @@ def _fold_hidden(gr, nodes, binarizer, bits, c, d, n):
         odd = ~np.isin(y[:, j], [lo[j], hi[j]])
         if odd.any():
             k = int(np.argmax(odd))
-            raise GraphError(f"{_label(binarizer)}: unit {j} outputs {y[k, j]!r} at dot product "
-                             f"{int(a[k])}, neither {lo[j]!r} nor {hi[j]!r} (ONNX Sign(0) is 0: "
-                             "use BipolarQuant)")
+            raise GraphError(f"{_label(binarizer)}: unit {j} outputs {float(y[k, j]):g} at dot "
+                             f"product {int(a[k])}, neither {lo[j]:g} nor {hi[j]:g} (ONNX "
+                             "Sign(0) is 0: use BipolarQuant)")
         f = y[:, j] == hi[j]
         steps = np.count_nonzero(f[1:] != f[:-1])
         if not f.any():
@@ -388,10 +389,12 @@ def _fold_output(gr, nodes, bits, c, d, n, last):
         where = _label(nodes[-1]) if nodes else _label(last)
         raise GraphError(f"{where}: score of class {int(bad[0])} is not affine in its dot "
                          "product")
-    ints = (np.all(alpha == np.rint(alpha)) and np.all(beta == np.rint(beta))
-            and np.abs(alpha).max() <= SCALE_RANGE[1] and np.abs(beta).max() <= BIAS_RANGE[1])
-    if ints:  # already the format's integers: kept as they are, exactly
-        return alpha.astype(np.int64), beta.astype(np.int64), True
+    for k in range(41):  # dyadic scores (Mul 0.5, float32 values): exact integers
+        sa, sb = alpha * 2.0**k, beta * 2.0**k
+        if np.abs(sa).max() > SCALE_RANGE[1] or np.abs(sb).max() > BIAS_RANGE[1]:
+            break
+        if np.all(sa == np.rint(sa)) and np.all(sb == np.rint(sb)):
+            return sa.astype(np.int64), sb.astype(np.int64), True
     s, b = quantize_output(alpha, beta, np.zeros(classes), np.ones(classes), 0.0)
     return s, b, False
 
