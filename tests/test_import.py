@@ -241,3 +241,18 @@ def test_exported_graph_runs_in_qonnx_to_the_reference_classes(sizes, mode, tmp_
     for a, b, n in zip(back.thresholds, m.thresholds, m.sizes):
         assert (a == canonical(b, n)).all()
     assert (back.out_scale == m.out_scale).all() and (back.out_bias == m.out_bias).all()
+
+
+def test_flatten_at_the_input_and_weights_computed_from_constants():
+    b = G.Builder(16, 3)
+    x = b.node("Flatten", ["input"], axis=1)
+    x = b.node("BipolarQuant", [x, b.const(1.0)], domain=G.Q)
+    w = b.node("Transpose", [b.const(b.signs((8, 16)))], perm=[1, 0])
+    x = b.node("BipolarQuant", [b.node("MatMul", [x, w]), b.const(1.0)], domain=G.Q)
+    m = b.model("input", b.node("MatMul", [x, b.const(b.signs((8, 3)))]), 3)
+    m.graph.input[0].CopyFrom(helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+                                                            [1, 1, 4, 4]))
+    model = I.import_graph(m)
+    assert model.sizes == [16, 8, 3]
+    bits = np.random.default_rng(0).integers(0, 2, (2000, 16), dtype=np.uint8)
+    assert (reference.predict(model, bits) == I.framework_classes(m, bits)).all()
