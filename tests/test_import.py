@@ -38,15 +38,26 @@ def onnxruntime_classes(model, bits):
     return np.argmax(scores, axis=1)
 
 
-KERNEL_CASES = [  # (id, graph, input mode, framework)
-    ("brevitas-64-32-16-10", lambda: G.brevitas_style([64, 32, 16, 10], 1), "payload", "qonnx"),
-    ("finn-headers-60-24-12-5", lambda: G.finn_streamlined([60, 24, 12, 5], 2), "headers",
-     "qonnx"),
+KERNEL_CASES = [  # (id, graph, input mode, framework); Brevitas style: through the CLI below
+    ("brevitas-headers-200-40-8", lambda: G.brevitas_style([200, 40, 8], 6, scale=1.0),
+     "headers", "qonnx"),
     ("finn-binary-200-24-6", lambda: G.finn_streamlined([200, 24, 6], 3, "BINARY"), "payload",
      "qonnx"),
     ("onnx-sign-gemm-63-31-17-4", lambda: G.plain_onnx([63, 31, 17, 4], 4), "payload",
      "onnxruntime"),
 ]
+
+
+@pytest.mark.root
+def test_verify_graph_compares_the_kernel_with_qonnx(tmp_path, capsys):
+    onnx.save(G.brevitas_style([64, 32, 16, 10], 1), tmp_path / "g.onnx")
+    assert cli.main(["import", str(tmp_path / "g.onnx"), "--out", str(tmp_path / "m.npz")]) == 0
+    capsys.readouterr()
+    assert cli.main(["-j", "verify", "--model", str(tmp_path / "m.npz"), "--graph",
+                     str(tmp_path / "g.onnx"), "--samples", "10000"]) == 0
+    rep = __import__("json").loads(capsys.readouterr().out)
+    assert rep["against"] == "graph" and rep["samples"] == 10000 and rep["mismatches"] == 0
+    assert rep["classes_seen"] >= 2
 
 
 @pytest.mark.root
@@ -158,6 +169,11 @@ def broken(kind):
         return G.finn_streamlined([16, 600, 3], 1)
     if kind == "sign-tie":
         return sign_tie()
+    if kind == "data-operand":  # an Add of two data tensors: not elementwise per unit
+        nodes[1].input[0] = "loop"
+        g.graph.node.append(helper.make_node("Identity", [nodes[0].output[0]], ["x1"]))
+        g.graph.node.append(helper.make_node("Add", ["x1", "loop"], ["loop"], name="back"))
+        return g
     raise AssertionError(kind)
 
 
@@ -169,6 +185,7 @@ ERROR_CASES = [  # (kind, words the one-line error must hold)
     ("annotation", ["input 'input'", "no BIPOLAR or BINARY annotation"]),
     ("units", ["(MatMul)", "layer 0 beyond the format's limits", "1..512"]),
     ("sign-tie", ["(Sign)", "at dot product 0", "Sign(0) is 0"]),
+    ("data-operand", ["node 'back' (Add)", "operand 'loop' is not constant"]),
 ]
 
 

@@ -186,6 +186,7 @@ class _Graph:
             raise GraphError(f"graph: expected one output, got {len(g.output)}")
         self.output = g.output[0].name
         self.consumers: dict[str, list] = {}
+        self.walked: set[int] = set()
         for node in g.node:
             for i in node.input:
                 self.consumers.setdefault(i, []).append(node)
@@ -209,6 +210,10 @@ class _Graph:
             raise GraphError(f"tensor '{tensor}': used by {len(nodes)} nodes "
                              f"({', '.join(n.op_type for n in nodes)}); only a chain is "
                              "supported")
+        if nodes and id(nodes[0]) in self.walked:
+            raise GraphError(f"{_label(nodes[0])}: the graph has a cycle")
+        if nodes:
+            self.walked.add(id(nodes[0]))
         return nodes[0] if nodes else None
 
 
