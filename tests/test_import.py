@@ -273,3 +273,15 @@ def test_flatten_at_the_input_and_weights_computed_from_constants():
     assert model.sizes == [16, 8, 3]
     bits = np.random.default_rng(0).integers(0, 2, (2000, 16), dtype=np.uint8)
     assert (reference.predict(model, bits) == I.framework_classes(m, bits)).all()
+
+
+def test_weights_from_a_chain_of_constant_nodes():
+    b = G.Builder(12, 5)
+    w = b.signs((5, 12)) * 3  # ±3: the scale goes into the threshold
+    b.nodes.append(helper.make_node("Constant", [], ["wc"], value=onnx.numpy_helper.from_array(w)))
+    wt = b.node("Transpose", ["wc"], perm=[1, 0])
+    x = b.node("BipolarQuant", [b.node("MatMul", ["input", wt]), b.const(1.0)], domain=G.Q)
+    m = b.model("input", b.node("MatMul", [x, b.const(b.signs((5, 2)))]), 2, annotate="BIPOLAR")
+    model = I.import_graph(m)
+    bits = np.random.default_rng(0).integers(0, 2, (2000, 12), dtype=np.uint8)
+    assert (reference.predict(model, bits) == I.framework_classes(m, bits)).all()

@@ -115,7 +115,7 @@ def framework_classes(model, bits: np.ndarray) -> np.ndarray:
     """
     g = model.graph
     name = _data_input(g).name
-    x = (np.asarray(bits, np.float32) * 2 - 1).reshape(len(bits), *_input_dims(g, len(bits)))
+    x = (np.asarray(bits, np.float32) * 2 - 1).reshape(len(bits), *_input_dims(g))
     out = run_graph(model, {name: x})[g.output[0].name]
     out = out.reshape(len(bits), -1)
     return out[:, 0].astype(np.int64) if out.shape[1] == 1 else np.argmax(out, axis=1)
@@ -123,10 +123,10 @@ def framework_classes(model, bits: np.ndarray) -> np.ndarray:
 
 def graph_inputs(model) -> int:
     """How many inputs the graph's data input has (batch dimension excluded)."""
-    return int(np.prod(_input_dims(model.graph, 1)))
+    return int(np.prod(_input_dims(model.graph)))
 
 
-def _input_dims(g, batch: int) -> list[int]:
+def _input_dims(g) -> list[int]:
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in _data_input(g).type.tensor_type.shape.dim]
     return [d or 1 for d in dims[1:]]
@@ -171,6 +171,10 @@ def _label(node) -> str:
     return f"node '{node.name or node.output[0]}' ({node.op_type})"
 
 
+def _as_float64(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float64) if v.dtype.kind == "f" else v
+
+
 class _Graph:
     """Constants folded, consumers indexed; the chain is walked from the input."""
 
@@ -178,9 +182,8 @@ class _Graph:
         from onnx import numpy_helper
         self.model = model
         g = model.graph
-        self.const = {t.name: numpy_helper.to_array(t).astype(np.float64)
-                      if numpy_helper.to_array(t).dtype.kind == "f"
-                      else numpy_helper.to_array(t) for t in g.initializer}
+        self.const = {t.name: _as_float64(numpy_helper.to_array(t)) for t in g.initializer}
+        folded = {}  # outputs of constant nodes, in their own dtypes
         self.input = _data_input(g)
         if len(g.output) != 1:
             raise GraphError(f"graph: expected one output, got {len(g.output)}")
@@ -196,13 +199,15 @@ class _Graph:
             if node.op_type == "Constant" or (node.input and all(
                     i in self.const or i == "" for i in node.input)):
                 try:
-                    vals = run_graph(_single(model, node, [], []), {}, list(node.output))
+                    vals = run_graph(_single(model, node, [], [], folded), {},
+                                     list(node.output))
                 except Exception as e:
                     raise GraphError(f"{_label(node)}: cannot evaluate it "
                                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                                      ) from None
                 for k, v in vals.items():
-                    self.const[k] = v.astype(np.float64) if v.dtype.kind == "f" else v
+                    folded[k] = v
+                    self.const[k] = _as_float64(v)
 
     def next(self, tensor: str):
         nodes = self.consumers.get(tensor, [])
@@ -217,16 +222,19 @@ class _Graph:
         return nodes[0] if nodes else None
 
 
-def _single(model, node_or_nodes, inputs: list, outputs: list):
-    """A model of some of the graph's nodes, with its opsets and constants."""
+def _single(model, node_or_nodes, inputs: list, outputs: list, folded: dict | None = None):
+    """A model of some of the graph's nodes, with its opsets and constants
+    (its initializers, and `folded`: constants computed from them)."""
     from onnx import helper, numpy_helper
     nodes = node_or_nodes if isinstance(node_or_nodes, list) else [node_or_nodes]
     used = {i for n in nodes for i in n.input}
     init = [t for t in model.graph.initializer if t.name in used]
+    have = {t.name for t in init}
+    init += [numpy_helper.from_array(v, k) for k, v in (folded or {}).items()
+             if k in used and k not in have]
     g = helper.make_graph(nodes, "part", inputs, outputs, initializer=init)
     m = helper.make_model(g, opset_imports=list(model.opset_import))
     m.ir_version = model.ir_version
-    del numpy_helper  # initializers are copied as they are
     return m
 
 
