@@ -310,21 +310,6 @@ def _weights(gr: _Graph, node, n: int) -> tuple[np.ndarray, np.ndarray]:
     return w, np.zeros(w.shape[1]) + bias
 
 
-def _binary_rows(node, w: np.ndarray, lo: np.ndarray, hi: np.ndarray):
-    """Weight bits (out, in), scale c and offset d per unit: x.W = c*a + d."""
-    s, o = (hi - lo) / 2, (hi + lo) / 2
-    e = s[:, None] * w                      # the weight each ±1 input meets
-    mag = np.abs(e)
-    c = mag.max(axis=0)
-    bad = np.flatnonzero((mag != c).any(axis=0) | (c == 0))
-    if bad.size:
-        j = int(bad[0])
-        vals = sorted({float(v) for v in w[:, j]})
-        raise GraphError(f"{_label(node)}: non-binary weights for unit {j}: values "
-                         f"{vals[:4]}{'...' if len(vals) > 4 else ''} (expected ±c per unit)")
-    return (e > 0).T.astype(np.uint8), c, o @ w
-
-
 def _chain(gr: _Graph, node):
     """Elementwise nodes from `node` up to a binarizer, ArgMax or the graph end."""
     nodes = []
@@ -337,29 +322,30 @@ def _chain(gr: _Graph, node):
     return nodes, node
 
 
-def _fold_hidden(gr, nodes, binarizer, bits, c, d, n):
-    """Thresholds of one hidden layer, from the framework's own output at every a."""
-    _check_binarizer(gr, binarizer)
+def dot_values(n: int) -> np.ndarray:
+    """Every value the ±1 dot product of n inputs can take: -n, -n + 2, ..., n."""
+    return np.arange(-n, n + 1, 2, dtype=np.float64)
+
+
+def fold_steps(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: np.ndarray, n: int,
+               where: str, zero_hint: str = ""):
+    """(bits, thresholds) of a hidden layer from the framework's activations.
+
+    y[i, j] is unit j's output at dot product dot_values(n)[i]; lo and hi are
+    the two values the framework's binarizer can output, hi meaning +1.
+    """
+    a = dot_values(n)
     units = bits.shape[0]
-    a = np.arange(-n, n + 1, 2, dtype=np.float64)
-    pre = (c[None, :] * a[:, None] + d[None, :]).astype(np.float32)
-    chain = nodes + [binarizer]
-    y = _eval(gr, chain, pre, binarizer.output[0]).reshape(len(a), units)
-    ends = _eval(gr, [binarizer], np.stack([np.full(units, -3e38, np.float32),
-                                      np.full(units, 3e38, np.float32)]),
-                 binarizer.output[0]).reshape(2, units)
-    lo, hi = ends.min(axis=0).astype(np.float64), ends.max(axis=0).astype(np.float64)
     thresholds = np.empty(units, np.int64)
     bits = bits.copy()
     for j in range(units):
         if lo[j] == hi[j]:
-            raise GraphError(f"{_label(binarizer)}: unit {j} has a single output value")
+            raise GraphError(f"{where}: unit {j} has a single output value")
         odd = ~np.isin(y[:, j], [lo[j], hi[j]])
         if odd.any():
             k = int(np.argmax(odd))
-            raise GraphError(f"{_label(binarizer)}: unit {j} outputs {float(y[k, j]):g} at dot "
-                             f"product {int(a[k])}, neither {lo[j]:g} nor {hi[j]:g} (ONNX "
-                             "Sign(0) is 0: use BipolarQuant)")
+            raise GraphError(f"{where}: unit {j} outputs {float(y[k, j]):g} at dot product "
+                             f"{int(a[k])}, neither {lo[j]:g} nor {hi[j]:g}{zero_hint}")
         f = y[:, j] == hi[j]
         steps = np.count_nonzero(f[1:] != f[:-1])
         if not f.any():
@@ -367,29 +353,25 @@ def _fold_hidden(gr, nodes, binarizer, bits, c, d, n):
         elif f.all():
             thresholds[j] = -n
         elif steps != 1:
-            raise GraphError(f"{_label(binarizer)}: unit {j} is not a step in its dot product")
+            raise GraphError(f"{where}: unit {j} is not a step in its dot product")
         elif f[-1]:
             thresholds[j] = int(a[np.argmax(f)])           # first a that fires
         else:
             bits[j] ^= 1                                    # fires for a <= last: negate a
             thresholds[j] = -int(a[len(f) - 1 - np.argmax(f[::-1])])
-    return bits, thresholds, lo, hi
+    return bits, thresholds
 
 
-def _fold_output(gr, nodes, bits, c, d, n, last):
-    """(out_scale, out_bias): the scores the framework computes, as integers."""
-    classes = bits.shape[0]
-    a = np.arange(-n, n + 1, 2, dtype=np.float64)
-    pre = (c[None, :] * a[:, None] + d[None, :]).astype(np.float32)
-    if nodes:
-        y = _eval(gr, nodes, pre, nodes[-1].output[0]).reshape(len(a), classes)
-    else:
-        y = pre
+def fold_scores(y: np.ndarray, n: int, where: str):
+    """(out_scale, out_bias, exact) from the framework's scores y[i, k] at
+    dot product dot_values(n)[i] of class k."""
+    a = dot_values(n)
+    classes = y.shape[1]
     y = y.astype(np.float64)
     if not np.isfinite(y).all():
         k = int(np.flatnonzero(~np.isfinite(y).all(axis=0))[0])
-        raise GraphError(f"{_label(nodes[-1]) if nodes else _label(last)}: score of class {k} "
-                         "is not finite (a zero variance with epsilon 0?)")
+        raise GraphError(f"{where}: score of class {k} is not finite (a zero variance with "
+                         "epsilon 0?)")
     if len(a) == 1:
         alpha, beta = np.zeros(classes), y[0]
     else:
@@ -399,7 +381,6 @@ def _fold_output(gr, nodes, bits, c, d, n, last):
     scale = np.maximum(np.abs(y).max(axis=0), 1e-30)
     bad = np.flatnonzero((resid > 1e-5 * scale).any(axis=0))
     if bad.size:
-        where = _label(nodes[-1]) if nodes else _label(last)
         raise GraphError(f"{where}: score of class {int(bad[0])} is not affine in its dot "
                          "product")
     for k in range(41):  # dyadic scores (Mul 0.5, float32 values): exact integers
@@ -410,6 +391,49 @@ def _fold_output(gr, nodes, bits, c, d, n, last):
             return sa.astype(np.int64), sb.astype(np.int64), True
     s, b = quantize_output(alpha, beta, np.zeros(classes), np.ones(classes), 0.0)
     return s, b, False
+
+
+def binary_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, where: str):
+    """Weight bits (out, in), scale c and offset d per unit, x.W = c*a + d,
+    for inputs that are lo or hi (bit 0 or 1) and weights w (in, out)."""
+    s, o = (hi - lo) / 2, (hi + lo) / 2
+    e = s[:, None] * w                      # the weight each ±1 input meets
+    mag = np.abs(e)
+    c = mag.max(axis=0)
+    bad = np.flatnonzero((mag != c).any(axis=0) | (c == 0))
+    if bad.size:
+        j = int(bad[0])
+        vals = sorted({float(v) for v in w[:, j]})
+        raise GraphError(f"{where}: non-binary weights for unit {j}: values "
+                         f"{vals[:4]}{'...' if len(vals) > 4 else ''} (expected ±c per unit)")
+    return (e > 0).T.astype(np.uint8), c, o @ w
+
+
+def _pre_activations(c, d, n) -> np.ndarray:
+    """What the MatMul outputs at every dot product: (values, units) float32."""
+    return (c[None, :] * dot_values(n)[:, None] + d[None, :]).astype(np.float32)
+
+
+def _fold_hidden(gr, nodes, binarizer, bits, c, d, n):
+    """Thresholds of one hidden layer, from the framework's own output at every a."""
+    _check_binarizer(gr, binarizer)
+    units = bits.shape[0]
+    out = binarizer.output[0]
+    y = _eval(gr, nodes + [binarizer], _pre_activations(c, d, n), out).reshape(-1, units)
+    ends = _eval(gr, [binarizer], np.stack([np.full(units, -3e38, np.float32),
+                                            np.full(units, 3e38, np.float32)]),
+                 out).reshape(2, units)
+    lo, hi = ends.min(axis=0).astype(np.float64), ends.max(axis=0).astype(np.float64)
+    bits, thresholds = fold_steps(y, lo, hi, bits, n, _label(binarizer),
+                                  " (ONNX Sign(0) is 0: use BipolarQuant)")
+    return bits, thresholds, lo, hi
+
+
+def _fold_output(gr, nodes, bits, c, d, n, last):
+    """(out_scale, out_bias): the scores the framework computes, as integers."""
+    pre = _pre_activations(c, d, n)
+    y = _eval(gr, nodes, pre, nodes[-1].output[0]).reshape(len(pre), -1) if nodes else pre
+    return fold_scores(y, n, _label(nodes[-1]) if nodes else _label(last))
 
 
 def import_graph(model, input_mode: str | None = None, classes: list[str] | None = None,
@@ -438,7 +462,7 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
                               if node is not None and node.op_type not in BINARIZERS else ""))
         linear = node
         w, bias = _weights(gr, linear, sizes[-1])
-        bits, c, d = _binary_rows(linear, w, lo, hi)
+        bits, c, d = binary_rows(w, lo, hi, _label(linear))
         d = d + bias
         units = w.shape[1]
         chain, node = _chain(gr, gr.next(linear.output[0]))
