@@ -417,8 +417,8 @@ def read_frames(args) -> list[bytes]:
         help="number of inputs (10000)"),
     arg("--seed", type=SEED, default=0),
     arg("--graph", metavar="ONNX",
-        help="compare with the framework running this (Q)ONNX graph instead of the reference "
-             "(the graph `xdpnn import` read)"),
+        help="compare with the framework running this (Q)ONNX graph (or Larq .h5/.keras "
+             "model) instead of the reference: the file `xdpnn import` read"),
 ])
 def cmd_verify(args):
     from xdpnn.loader import datapath, testrun
@@ -428,13 +428,11 @@ def cmd_verify(args):
         return print_ebpf(model)
     oracle, against = None, "reference"
     if args.graph is not None:
-        graph = _graph_step(lambda: onnx_import().load_graph(args.graph))
-        n = _graph_step(lambda: onnx_import().graph_inputs(graph))
+        n, classes_of = _graph_step(lambda: framework(args.graph))
         if n != model.sizes[0]:
             raise UsageError(f"--graph {args.graph}: {n} inputs, the model has "
                              f"{model.sizes[0]}")
-        oracle, against = (lambda bits: _graph_step(
-            lambda: onnx_import().framework_classes(graph, bits))), "graph"
+        oracle, against = (lambda bits: _graph_step(lambda: classes_of(bits))), "graph"
 
     def progress(done, total):
         if not args.json and sys.stderr.isatty():
@@ -499,6 +497,32 @@ def onnx_import():
     return mod
 
 
+def is_keras(path: str) -> bool:
+    from xdpnn.trainer.larq_import import SUFFIXES
+    return path.lower().endswith(SUFFIXES)
+
+
+def framework(path: str):
+    """(input count, bits -> classes) of a graph or Keras file, run by its framework."""
+    if is_keras(path):
+        from xdpnn.trainer import larq_import
+        km = larq_import.load_keras(path)
+        return larq_import.keras_inputs(km), lambda bits: larq_import.keras_classes(km, bits)
+    graph = onnx_import().load_graph(path)
+    return (onnx_import().graph_inputs(graph),
+            lambda bits: onnx_import().framework_classes(graph, bits))
+
+
+def import_any(path: str, mode: str | None, port: int | None):
+    """The model of a (Q)ONNX graph, or of a Larq model in a Keras file (.h5, .keras)."""
+    source = os.path.basename(path)
+    if is_keras(path):
+        from xdpnn.trainer import larq_import
+        return larq_import.import_keras(larq_import.load_keras(path), mode, port, source)
+    mod = onnx_import()
+    return mod.import_graph(mod.load_graph(path), mode, port=port, source=source)
+
+
 def _graph_step(step):
     """Runs an import/export step: GraphError and missing packages become exit codes."""
     mod = onnx_import()
@@ -520,9 +544,10 @@ def _class_names(text: str) -> list[str]:
 CLASS_NAMES = _typed(_class_names, "distinct class names joined by ',', like benign,attack")
 
 
-@command("import", "read a binarized MLP from a QONNX or ONNX graph and write a model file, "
-                   "with batch norm and scales folded into integers", f"""
+@command("import", "read a binarized MLP from a QONNX or ONNX graph (or a Larq model) and "
+                   "write a model file, with batch norm and scales folded into integers", f"""
   xdpnn import bnn.onnx --out bnn.npz
+  xdpnn import larq_mlp.h5 --out larq.npz                  (Larq, with TensorFlow installed)
   xdpnn import finn_streamlined.onnx --out flows.npz --input headers --classes benign,attack
   sudo xdpnn verify --model bnn.npz --graph bnn.onnx      kernel vs the framework
 
@@ -530,11 +555,13 @@ Accepted: Flatten/Reshape at the input, input binarized by BipolarQuant, Sign
 or MultiThreshold (or annotated BIPOLAR/BINARY); MatMul or Gemm with ±c
 weights (constants, Quant or BipolarQuant); BatchNormalization, Add, Sub,
 Mul, Div, Cast; BipolarQuant, Sign or one-threshold MultiThreshold as the
-activation; ArgMax at the end.  docs/import.md.
+activation; ArgMax at the end.  A .h5 or .keras file is read as a Larq
+model: QuantDense layers and BatchNormalization.  docs/import.md.
 
 exit code {errors.GraphError.exit_code}: the graph does not fit (the message names the node)""",
          root=False, options=[
-    arg("file", metavar="GRAPH", help="an .onnx file (QONNX or plain ONNX)"),
+    arg("file", metavar="GRAPH", help="an .onnx file (QONNX or plain ONNX), or a Larq model "
+                                      "(.h5, .keras)"),
     arg("--out", required=True, metavar="FILE", help="model file to write"),
     arg("--input", choices=("payload", "headers"),
         help="input mode of the model (default: the graph's xdpnn.input, else payload)"),
@@ -545,9 +572,7 @@ exit code {errors.GraphError.exit_code}: the graph does not fit (the message nam
 def cmd_import(args):
     from xdpnn.trainer.model import ModelError
     mod = onnx_import()
-    model = _graph_step(lambda: mod.import_graph(mod.load_graph(args.file), args.input,
-                                                 port=args.port, source=os.path.basename(
-                                                     args.file)))
+    model = _graph_step(lambda: import_any(args.file, args.input, args.port))
     if args.classes:
         if len(args.classes) != model.sizes[-1]:
             raise UsageError(f"--classes: {len(args.classes)} names, the graph has "

@@ -1,7 +1,8 @@
 """A network trained in a framework, exported, imported: same classes.
 
-Skipped where the framework is not installed (CI does not install it):
-Brevitas needs torch (README, "Models from other frameworks").
+Each test is skipped where its framework is not installed (CI does not
+install them): Brevitas needs torch, Larq needs TensorFlow (README,
+"Models from other frameworks").
 """
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import warnings
 import numpy as np
 import pytest
 
-WHY = "needs torch, brevitas and onnxoptimizer: pip install torch brevitas onnxoptimizer"
-torch = pytest.importorskip("torch", reason=WHY)
-pytest.importorskip("brevitas", reason=WHY)
-pytest.importorskip("onnxoptimizer", reason=WHY)
-pytest.importorskip("qonnx", reason="pip install '.[onnx]'")
+BREVITAS = "needs torch, brevitas and onnxoptimizer: pip install torch brevitas onnxoptimizer"
+LARQ = "needs larq and TensorFlow: pip install larq tensorflow tf-keras"
+
+
+def need(why: str, *modules: str):
+    return [pytest.importorskip(m, reason=why) for m in modules]
 
 
 def brevitas_bnn(n: int, hidden: list[int], classes: int):
     import brevitas.nn as qnn
+    import torch
     from brevitas.quant import SignedBinaryActPerTensorConst as Act
     from brevitas.quant import SignedBinaryWeightPerTensorConst as Weight
     layers = [qnn.QuantIdentity(act_quant=Act, return_quant_tensor=True)]
@@ -31,6 +34,7 @@ def brevitas_bnn(n: int, hidden: list[int], classes: int):
 
 
 def test_brevitas_trained_bnn_imports_to_the_same_classes(tmp_path):
+    torch, _, _, _ = need(BREVITAS, "torch", "brevitas", "onnxoptimizer", "qonnx")
     from brevitas.export import export_qonnx
 
     from xdpnn.trainer import onnx_import, reference
@@ -59,4 +63,37 @@ def test_brevitas_trained_bnn_imports_to_the_same_classes(tmp_path):
     # torch itself: its batch norm rounds differently from onnxruntime's,
     # which only an exact tie at a threshold could show
     assert (ours == scores.argmax(1).numpy()).all()
+    assert len(np.unique(ours)) > 1
+
+
+def test_larq_trained_bnn_imports_to_the_same_classes(tmp_path):
+    import os
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # larq builds on Keras 2 (tf_keras)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    lq, tf = need(LARQ, "larq", "tensorflow")
+    from xdpnn.loader import cli
+    from xdpnn.trainer import larq_import, reference
+    from xdpnn.trainer.model import load
+    keras = larq_import._keras()
+    tf.random.set_seed(0)
+    n, classes = 40, 3
+    kw = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+              kernel_constraint="weight_clip", use_bias=False)
+    km = keras.Sequential([lq.layers.QuantDense(20, input_shape=(n,), **kw),
+                           keras.layers.BatchNormalization(),
+                           lq.layers.QuantDense(10, **kw), keras.layers.BatchNormalization(),
+                           lq.layers.QuantDense(classes, **kw),
+                           keras.layers.BatchNormalization()])
+    rng = np.random.default_rng(0)
+    x = rng.choice([-1.0, 1.0], (1024, n)).astype(np.float32)
+    y = (x[:, :5].sum(1) > 0).astype(int) + (x[:, 9] > 0).astype(int)
+    km.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    km.fit(x, y, epochs=5, verbose=0)
+    km.save(tmp_path / "l.h5")
+    assert cli.main(["import", str(tmp_path / "l.h5"), "--out", str(tmp_path / "l.npz")]) == 0
+    model = load(tmp_path / "l.npz")
+    assert model.sizes == [n, 20, 10, classes] and model.provenance["source"] == "larq"
+    bits = rng.integers(0, 2, (5000, n), dtype=np.uint8)
+    ours = reference.predict(model, bits)
+    assert (ours == larq_import.keras_classes(km, bits)).all()
     assert len(np.unique(ours)) > 1

@@ -441,7 +441,7 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
     """The model file of a graph; GraphError names the node that does not fit."""
     gr = _Graph(model)
     meta = {p.key: p.value for p in model.metadata_props}
-    input_ = _input_section(meta, input_mode, port)
+    input_ = input_section(meta, input_mode, port)
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in gr.input.type.tensor_type.shape.dim]
     node = gr.next(gr.input.name)
@@ -467,7 +467,7 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
         units = w.shape[1]
         chain, node = _chain(gr, gr.next(linear.output[0]))
         if node is not None and node.op_type in BINARIZERS:
-            _limits(sizes + [units, 2], input_["mode"], linear, len(weights))
+            check_limits(sizes + [units, 2], input_["mode"], _label(linear), len(weights))
             bits, t, lo, hi = _fold_hidden(gr, chain, node, bits, c, d, sizes[-1])
             weights.append(bits)
             thresholds.append(t)
@@ -483,7 +483,7 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
                 raise GraphError(f"{_label(gr.next(node.output[0]))}: nodes after ArgMax")
         elif node is not None:
             raise GraphError(f"{_label(node)}: unsupported op (supported: {SUPPORTED})")
-        _limits(sizes + [units], input_["mode"], linear, len(weights))
+        check_limits(sizes + [units], input_["mode"], _label(linear), len(weights))
         out_scale, out_bias, ints = _fold_output(gr, chain, bits, c, d, sizes[-1], linear)
         weights.append(bits)
         sizes.append(units)
@@ -503,13 +503,12 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
         raise GraphError(f"graph: {e}") from None
 
 
-def _limits(sizes: list[int], mode: str, node, layer: int) -> None:
-    """Layer `layer` (made by `node`) within the format's limits, checked before folding."""
+def check_limits(sizes: list[int], mode: str, where: str, layer: int) -> None:
+    """Layer `layer` (made by `where`) within the format's limits, checked before folding."""
     try:
         check_layout(sizes, {"mode": mode})
     except ModelError as e:
-        raise GraphError(f"{_label(node)}: layer {layer} beyond the format's limits: {e}"
-                         ) from None
+        raise GraphError(f"{where}: layer {layer} beyond the format's limits: {e}") from None
 
 
 def _meta_json(meta: dict, key: str, kind):
@@ -520,7 +519,7 @@ def _meta_json(meta: dict, key: str, kind):
     return v if isinstance(v, kind) else None
 
 
-def _input_section(meta: dict, mode: str | None, port: int | None) -> dict:
+def input_section(meta: dict, mode: str | None, port: int | None) -> dict:
     saved = _meta_json(meta, META_INPUT, dict) or {}
     mode = mode or saved.get("mode") or "payload"
     if mode == "headers":
