@@ -504,10 +504,10 @@ def is_keras(path: str) -> bool:
 
 def framework(path: str):
     """(input count, bits -> classes) of a graph or Keras file, run by its framework."""
-    if is_keras(path):
+    if is_keras(path):  # TensorFlow runs in a child: with it loaded, BCC crashes
         from xdpnn.trainer import larq_import
-        km = larq_import.load_keras(path)
-        return larq_import.keras_inputs(km), lambda bits: larq_import.keras_classes(km, bits)
+        return (larq_import.framework_in_child(path)[0],
+                lambda bits: larq_import.framework_in_child(path, bits)[1])
     graph = onnx_import().load_graph(path)
     return (onnx_import().graph_inputs(graph),
             lambda bits: onnx_import().framework_classes(graph, bits))

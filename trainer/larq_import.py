@@ -74,6 +74,23 @@ def keras_inputs(km) -> int:
     return int(np.prod(km.input_shape[1:]))
 
 
+def _framework_child(path: str, bits):
+    km = load_keras(path)
+    return keras_inputs(km), None if bits is None else keras_classes(km, bits)
+
+
+def framework_in_child(path: str | Path, bits: np.ndarray | None = None):
+    """(input count, classes of bits or None), computed by Keras in a child process.
+
+    TensorFlow and BCC each bring their own LLVM: with TensorFlow loaded, a
+    BCC compile in the same process crashes (SIGSEGV).  `verify --graph`
+    compiles, so the framework runs apart.
+    """
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_framework_child, (str(path), bits))
+
+
 def import_keras(km, input_mode: str | None = None, port: int | None = None,
                  source: str = "") -> Model:
     """The model file of a Keras model; GraphError names the layer that does not fit."""
