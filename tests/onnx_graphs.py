@@ -80,7 +80,8 @@ def brevitas_style(sizes: list[int], seed: int, scale: float = 0.5):
     return b.model("input", x, sizes[-1])
 
 
-def finn_streamlined(sizes: list[int], seed: int, activation: str = "BIPOLAR"):
+def finn_streamlined(sizes: list[int], seed: int, activation: str = "BIPOLAR",
+                     inputs: str = "BIPOLAR"):
     """Inputs annotated BIPOLAR, ±1 weight initializers, one MultiThreshold per
     layer (thresholds on reachable dot products: ties), Mul and Add at the
     output and an ArgMax, the form FINN's streamlining leaves."""
@@ -96,7 +97,7 @@ def finn_streamlined(sizes: list[int], seed: int, activation: str = "BIPOLAR"):
     x = b.node("Mul", [x, b.const(b.rng.choice([1.0, 2.0, -1.0, 0.5], sizes[-1]))])
     x = b.node("Add", [x, b.const(b.rng.integers(-3, 4, sizes[-1]).astype(np.float32))])
     x = b.node("ArgMax", [x], axis=-1, keepdims=1)
-    return b.model("input", x, 1, annotate="BIPOLAR", out_type=TensorProto.INT64)
+    return b.model("input", x, 1, annotate=inputs, out_type=TensorProto.INT64)
 
 
 def plain_onnx(sizes: list[int], seed: int):

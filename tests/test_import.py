@@ -80,7 +80,8 @@ def test_reference_equals_the_framework_on_random_graphs(seed):
     hidden = [int(h) for h in rng.integers(1, 40, rng.integers(1, 4))]
     sizes = [int(rng.integers(2, 300))] + hidden + [int(rng.integers(2, 12))]
     for g in (G.brevitas_style(sizes, seed, scale=float(rng.choice([1.0, 0.25, 4.0]))),
-              G.finn_streamlined(sizes, seed, "BIPOLAR" if seed % 2 else "BINARY")):
+              G.finn_streamlined(sizes, seed, "BIPOLAR" if seed % 2 else "BINARY",
+                                 "BINARY" if seed % 3 == 0 else "BIPOLAR")):
         model = I.import_graph(g)
         assert model.sizes == sizes
         bits = rng.integers(0, 2, (4000, sizes[0]), dtype=np.uint8)

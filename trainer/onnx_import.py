@@ -109,13 +109,18 @@ def run_graph(model, inputs: dict, outputs: list[str] | None = None) -> dict:
 
 
 def framework_classes(model, bits: np.ndarray) -> np.ndarray:
-    """The class the framework gives each row of input bits (bit b fed as 2b - 1).
+    """The class the framework gives each row of input bits: bit b fed as
+    2b - 1, or as b itself to an input annotated BINARY.
 
     The graph's output is either scores (argmax, first maximum) or an ArgMax.
     """
+    from qonnx.core.modelwrapper import ModelWrapper
     g = model.graph
     name = _data_input(g).name
-    x = (np.asarray(bits, np.float32) * 2 - 1).reshape(len(bits), *_input_dims(g))
+    x = np.asarray(bits, np.float32)
+    if ModelWrapper(model).get_tensor_datatype(name).name != "BINARY":
+        x = x * 2 - 1
+    x = x.reshape(len(bits), *_input_dims(g))
     out = run_graph(model, {name: x})[g.output[0].name]
     out = out.reshape(len(bits), -1)
     return out[:, 0].astype(np.int64) if out.shape[1] == 1 else np.argmax(out, axis=1)
