@@ -170,6 +170,19 @@ def broken(kind):
         return G.finn_streamlined([16, 600, 3], 1)
     if kind == "sign-tie":
         return sign_tie()
+    if kind == "constant-op":  # a hostile graph asks for a 16 TB constant
+        g.graph.initializer.append(onnx.numpy_helper.from_array(
+            np.array([1 << 21, 1 << 21], np.int64), "huge_shape"))
+        g.graph.node.insert(0, helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"],
+                                                name="bomb"))
+        return g
+    if kind == "operand-shape":  # an Add whose operand differs per batch row
+        g.graph.initializer.append(onnx.numpy_helper.from_array(
+            np.zeros((2, 8), np.float32), "rows"))
+        nodes[1].input[0] = "shifted"
+        g.graph.node.insert(1, helper.make_node("Add", [nodes[0].output[0], "rows"],
+                                                ["shifted"], name="shift"))
+        return g
     if kind == "data-operand":  # an Add of two data tensors: not elementwise per unit
         nodes[1].input[0] = "loop"
         g.graph.node.append(helper.make_node("Identity", [nodes[0].output[0]], ["x1"]))
@@ -186,6 +199,8 @@ ERROR_CASES = [  # (kind, words the one-line error must hold)
     ("annotation", ["input 'input'", "no BIPOLAR or BINARY annotation"]),
     ("units", ["(MatMul)", "layer 0 beyond the format's limits", "1..512"]),
     ("sign-tie", ["(Sign)", "at dot product 0", "Sign(0) is 0"]),
+    ("constant-op", ["node 'bomb' (ConstantOfShape)", "unsupported op"]),
+    ("operand-shape", ["node 'shift' (Add)", "operand 'rows' of shape (2, 8)"]),
     ("data-operand", ["node 'back' (Add)", "operand 'loop' is not constant"]),
 ]
 

@@ -45,6 +45,11 @@ BINARIZERS = ("BipolarQuant", "Sign", "MultiThreshold")
 ELEMENTWISE = ("BatchNormalization", "Add", "Sub", "Mul", "Div", "Cast", "Identity")
 RESHAPES = ("Flatten", "Reshape")
 META_INPUT, META_CLASSES = "xdpnn.input", "xdpnn.classes"
+# Ops that may compute constants (weights from a quantizer, a transpose...)
+CONST_OPS = ("Constant", "Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+             "Cast", "Quant", "IntQuant", "BipolarQuant", "Mul", "Div", "Add", "Sub", "Neg",
+             "Sign")
+MAX_CONST_VALUES = 1024 * 512  # the largest weight array of the format
 SUPPORTED = ", ".join(LINEAR + BINARIZERS + ELEMENTWISE + RESHAPES + ("ArgMax",))
 
 
@@ -203,6 +208,7 @@ class _Graph:
         for node in g.node:
             if node.op_type == "Constant" or (node.input and all(
                     i in self.const or i == "" for i in node.input)):
+                self._check_constant_node(node)
                 try:
                     vals = run_graph(_single(model, node, [], [], folded), {},
                                      list(node.output))
@@ -213,6 +219,22 @@ class _Graph:
                 for k, v in vals.items():
                     folded[k] = v
                     self.const[k] = _as_float64(v)
+
+    def _check_constant_node(self, node) -> None:
+        """Only ops whose output is no larger than their broadcast inputs, and
+        inputs no larger than the largest weight array: a hostile graph cannot
+        make the import allocate more than a few tens of MB."""
+        if node.op_type not in CONST_OPS:
+            raise GraphError(f"{_label(node)}: computes a constant with an unsupported op "
+                             f"(supported: {', '.join(CONST_OPS)})")
+        shapes = [np.shape(self.const[i]) for i in node.input if i]
+        try:
+            size = int(np.prod(np.broadcast_shapes(*shapes))) if shapes else 0
+        except ValueError:
+            size = max(int(np.prod(sh)) for sh in shapes)  # Reshape: a shape vector
+        if size > MAX_CONST_VALUES:
+            raise GraphError(f"{_label(node)}: {size:,} values, more than the "
+                             f"{MAX_CONST_VALUES:,} of the format's largest weight array")
 
     def next(self, tensor: str):
         nodes = self.consumers.get(tensor, [])
@@ -315,13 +337,23 @@ def _weights(gr: _Graph, node, n: int) -> tuple[np.ndarray, np.ndarray]:
     return w, np.zeros(w.shape[1]) + bias
 
 
-def _chain(gr: _Graph, node):
-    """Elementwise nodes from `node` up to a binarizer, ArgMax or the graph end."""
+def _chain(gr: _Graph, node, units: int):
+    """Elementwise nodes from `node` up to a binarizer, ArgMax or the graph end.
+
+    Their constant operands must be per unit or scalars (shape (units,),
+    (1, units) or one value): the folding runs them on a batch of dot
+    products, which only means the same as the graph's own batch if every
+    row gets the same operand.
+    """
     nodes = []
     while node is not None and node.op_type in ELEMENTWISE:
         for i in node.input[1:]:
             if i and i not in gr.const:
                 raise GraphError(f"{_label(node)}: operand '{i}' is not constant")
+            shape = np.shape(gr.const[i]) if i else ()
+            if i and (int(np.prod(shape)) not in (1, units) or any(d != 1 for d in shape[:-1])):
+                raise GraphError(f"{_label(node)}: operand '{i}' of shape {shape}; expected "
+                                 f"one value or one per unit ({units})")
         nodes.append(node)
         node = gr.next(node.output[0])
     return nodes, node
@@ -470,7 +502,7 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
         bits, c, d = binary_rows(w, lo, hi, _label(linear))
         d = d + bias
         units = w.shape[1]
-        chain, node = _chain(gr, gr.next(linear.output[0]))
+        chain, node = _chain(gr, gr.next(linear.output[0]), units)
         if node is not None and node.op_type in BINARIZERS:
             check_limits(sizes + [units, 2], input_["mode"], _label(linear), len(weights))
             bits, t, lo, hi = _fold_hidden(gr, chain, node, bits, c, d, sizes[-1])
