@@ -426,6 +426,9 @@ def read_frames(args) -> list[bytes]:
     arg("--samples", type=int_in(1, 10_000_000), default=10000,
         help="number of inputs (10000)"),
     arg("--seed", type=SEED, default=0),
+    arg("--graph", metavar="ONNX",
+        help="compare with the framework running this (Q)ONNX graph (or Larq .h5/.keras "
+             "model) instead of the reference: the file `xdpnn import` read"),
 ])
 def cmd_verify(args):
     from xdpnn.loader import datapath, testrun
@@ -433,19 +436,27 @@ def cmd_verify(args):
              else random_model_or_error(args.shape, args.seed, args.input))
     if args.ebpf:
         return print_ebpf(model)
+    oracle, against = None, "reference"
+    if args.graph is not None:
+        n, classes_of = _graph_step(lambda: framework(args.graph))
+        if n != model.sizes[0]:
+            raise UsageError(f"--graph {args.graph}: {n} inputs, the model has "
+                             f"{model.sizes[0]}")
+        oracle, against = (lambda bits: _graph_step(lambda: classes_of(bits))), "graph"
 
     def progress(done, total):
         if not args.json and sys.stderr.isatty():
             print(f"\r  {done}/{total} inputs", end="", file=sys.stderr, flush=True)
-    res = testrun.verify(model, args.samples, seed=args.seed, progress=progress)
+    res = testrun.verify(model, args.samples, seed=args.seed, progress=progress, oracle=oracle)
+    res["against"] = against
     if not args.json and sys.stderr.isatty():
         print(file=sys.stderr)
     text = (f"model {res['model']} ({res['input']}): {res['samples']} inputs, "
-            f"{res['mismatches']} mismatches between kernel and reference "
+            f"{res['mismatches']} mismatches between kernel and {against} "
             f"({res['classes_seen']} classes seen, {res['verified_insns']} instructions "
             f"verified, {res['seconds']} s)")
     for ex in res["examples"]:
-        text += f"\n  input {ex['index']}: kernel {ex['kernel']}, reference {ex['reference']}"
+        text += f"\n  input {ex['index']}: kernel {ex['kernel']}, {against} {ex['reference']}"
     out(args, res, text)
     if res["mismatches"]:
         return errors.MismatchError.exit_code
@@ -535,6 +546,121 @@ def cmd_model_list(args):
               f"{r['replies']:>10}{r['errors']:>8}  {r['path']} (sha256 {r['sha256'][:12]})"
               for r in rows]
     out(args, rows, "\n".join(lines))
+
+
+def onnx_import():
+    from xdpnn.trainer import onnx_import as mod
+    return mod
+
+
+def is_keras(path: str) -> bool:
+    from xdpnn.trainer.larq_import import SUFFIXES
+    return path.lower().endswith(SUFFIXES)
+
+
+def framework(path: str):
+    """(input count, bits -> classes) of a graph or Keras file, run by its framework."""
+    if is_keras(path):  # TensorFlow runs in a child: with it loaded, BCC crashes
+        from xdpnn.trainer import larq_import
+        return (larq_import.framework_in_child(path)[0],
+                lambda bits: larq_import.framework_in_child(path, bits)[1])
+    graph = onnx_import().load_graph(path)
+    return (onnx_import().graph_inputs(graph),
+            lambda bits: onnx_import().framework_classes(graph, bits))
+
+
+def import_any(path: str, mode: str | None, port: int | None):
+    """The model of a (Q)ONNX graph, or of a Larq model in a Keras file (.h5, .keras)."""
+    source = os.path.basename(path)
+    if is_keras(path):
+        from xdpnn.trainer import larq_import
+        return larq_import.import_keras(larq_import.load_keras(path), mode, port, source)
+    mod = onnx_import()
+    return mod.import_graph(mod.load_graph(path), mode, port=port, source=source)
+
+
+def _graph_step(step):
+    """Runs an import/export step: GraphError and missing packages become exit codes."""
+    mod = onnx_import()
+    try:
+        return step()
+    except mod.GraphError as e:
+        raise errors.GraphError(str(e)) from None
+    except ModuleNotFoundError as e:
+        raise errors.MissingFeatureError(str(e)) from None
+
+
+def _class_names(text: str) -> list[str]:
+    names = text.split(",")
+    if not all(n and n.isprintable() for n in names) or len(set(names)) != len(names):
+        raise ValueError
+    return names
+
+
+CLASS_NAMES = _typed(_class_names, "distinct class names joined by ',', like benign,attack")
+
+
+@command("import", "read a binarized MLP from a QONNX or ONNX graph (or a Larq model) and "
+                   "write a model file, with batch norm and scales folded into integers", f"""
+  xdpnn import bnn.onnx --out bnn.npz
+  xdpnn import larq_mlp.h5 --out larq.npz                  (Larq, with TensorFlow installed)
+  xdpnn import finn_streamlined.onnx --out flows.npz --input headers --classes benign,attack
+  sudo xdpnn verify --model bnn.npz --graph bnn.onnx      kernel vs the framework
+
+Accepted: Flatten/Reshape at the input, input binarized by BipolarQuant, Sign
+or MultiThreshold (or annotated BIPOLAR/BINARY); MatMul or Gemm with ±c
+weights (constants, Quant or BipolarQuant); BatchNormalization, Add, Sub,
+Mul, Div, Cast; BipolarQuant, Sign or one-threshold MultiThreshold as the
+activation; ArgMax at the end.  A .h5 or .keras file is read as a Larq
+model: QuantDense layers and BatchNormalization.  docs/import.md.
+
+exit code {errors.GraphError.exit_code}: the graph does not fit (the message names the node)""",
+         root=False, options=[
+    arg("file", metavar="GRAPH", help="an .onnx file (QONNX or plain ONNX), or a Larq model "
+                                      "(.h5, .keras)"),
+    arg("--out", required=True, metavar="FILE", help="model file to write"),
+    arg("--input", choices=("payload", "headers"),
+        help="input mode of the model (default: the graph's xdpnn.input, else payload)"),
+    arg("--classes", type=CLASS_NAMES, metavar="NAMES",
+        help="class names, comma separated (default: the graph's xdpnn.classes, else class0..)"),
+    arg("--port", type=PORT, help=f"payload mode: request UDP port ({DEFAULT_PORT})"),
+])
+def cmd_import(args):
+    from xdpnn.trainer.model import ModelError
+    mod = onnx_import()
+    model = _graph_step(lambda: import_any(args.file, args.input, args.port))
+    if args.classes:
+        if len(args.classes) != model.sizes[-1]:
+            raise UsageError(f"--classes: {len(args.classes)} names, the graph has "
+                             f"{model.sizes[-1]} classes")
+        model.classes = args.classes
+        try:
+            model.validate()
+        except ModelError as e:
+            raise UsageError(f"--classes: {e}") from None
+    mod.save_atomic(args.out, model.save)
+    info = {"graph": args.file, "out": args.out, "shape": model.shape, "input": model.input,
+            "classes": model.classes, "output": model.provenance["output"]}
+    out(args, info, f"wrote {args.out}: {model.shape} ({model.mode}) from {args.file}, "
+                    f"output scores {model.provenance['output']}")
+
+
+@command("export", "write a model file as a QONNX graph (qonnx runs it to the same classes; "
+                   "FINN reads it)", """
+  xdpnn export model.npz --out model.onnx
+  xdpnn import model.onnx --out again.npz       the same model back""", root=False, options=[
+    arg("model", metavar="FILE", help="model file (.npz)"),
+    arg("--out", required=True, metavar="ONNX", help="graph file to write"),
+])
+def cmd_export(args):
+    from xdpnn.loader import datapath
+    model = datapath.load_model(args.model)
+    mod = onnx_import()
+    g = _graph_step(lambda: mod.export_graph(model))
+    mod.save_atomic(args.out, lambda p: open(p, "wb").write(g.SerializeToString()))
+    out(args, {"model": args.model, "out": args.out, "shape": model.shape,
+               "nodes": len(g.graph.node)},
+        f"wrote {args.out}: {model.shape} as a QONNX graph of {len(g.graph.node)} nodes")
 
 
 @command("send", "send requests with random inputs, or a pcap's frames, from an interface "

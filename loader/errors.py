@@ -54,13 +54,18 @@ class DataError(XdpnnError):
     exit_code = 10
 
 
+class GraphError(XdpnnError):
+    """Bad graph: `import` cannot map an ONNX graph onto the model format (names the node)."""
+    exit_code = 11
+
+
 class InternalError(XdpnnError):
     """Internal error: a bug in xdpnn (XDPNN_DEBUG=1 shows the traceback)."""
     exit_code = 70
 
 
 ERRORS = (XdpnnError, UsageError, ModelFileError, BuildError, AttachError, MismatchError,
-          StateError, MissingFeatureError, PrivilegeError, DataError, InternalError)
+          StateError, MissingFeatureError, PrivilegeError, DataError, GraphError, InternalError)
 INTERRUPTED = 130  # Ctrl-C (SIGINT) or SIGTERM
 PIPE_CLOSED = 141  # the reader of the output went away, as a shell reports SIGPIPE
 

@@ -86,8 +86,12 @@ def expected(model: Model, frame: bytes, port: int) -> tuple[str, int | None, np
     return result, int(reference.predict(model, bits[None, :])[0]), bits
 
 
-def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=None) -> dict:
+def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=None,
+           oracle=None) -> dict:
     """Random inputs through the kernel and the reference; counts mismatches.
+
+    oracle(bits) -> classes replaces the reference: `verify --graph` compares
+    the kernel with the framework that runs the graph a model came from.
 
     Payload mode sends random input bits as requests; headers mode sends
     random TCP/UDP/ICMP packets, whose bits come from the Python twin.
@@ -103,7 +107,7 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
         frames = packets.random_frames(rng, samples)
         bits = np.stack([features.model_input(f, "headers", model.sizes[0], port)[1]
                          for f in frames])
-    want = reference.predict(model, bits)
+    want = oracle(bits) if oracle else reference.predict(model, bits)
     started = time.monotonic()
     prog = compile.build(model, methods=methods) if methods else compile.build(model)
     mismatches, examples = 0, []

@@ -73,7 +73,9 @@ if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
 	say "installing xdpnn and its Python dependencies into .venv"
 	# Debian's setuptools builds the package (no build environment to fetch);
 	# dependencies already installed, from pip or Debian, are not fetched.
-	.venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+	# The onnx extra (onnx, qonnx, onnxruntime: ~320 MB) serves `xdpnn import`,
+	# `xdpnn export` and tests/test_import.py.
+	.venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,onnx]"
 	touch .venv/.installed
 fi
 .venv/bin/python -c "import bcc, numpy, pyroute2, scapy" || {
@@ -97,7 +99,8 @@ if [ "$(cat "$INSTALL/source-hash" 2>/dev/null)" != "$source_hash" ]; then
 	.venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
 		-w "$wheels" . >/dev/null
 	# Dependencies first (a no-op once present), then this checkout's code.
-	"$INSTALL/venv/bin/python" -m pip install -q --disable-pip-version-check "$wheels"/xdpnn-*.whl
+	"$INSTALL/venv/bin/python" -m pip install -q --disable-pip-version-check \
+		"$(ls "$wheels"/xdpnn-*.whl)[onnx]"
 	"$INSTALL/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
 		--force-reinstall "$wheels"/xdpnn-*.whl
 	rm -rf "$wheels"

@@ -43,6 +43,8 @@ def bases(tmp, ns):
         "exporter": (["-n", ns], ["exporter"], ["lo"], {"--listen": "127.0.0.1:1"}),
         "query": (["-n", ns], ["query"], ["198.18.0.2"], {"--inputs": missing}),
         "serve-userspace": (["-n", ns], ["serve-userspace"], [], {"--model": missing}),
+        "import": ([], ["import"], [str(tmp / "missing.onnx")], {"--out": str(tmp / "i.npz")}),
+        "export": ([], ["export"], [missing], {"--out": str(tmp / "e.onnx")}),
     }
 
 
