@@ -23,6 +23,7 @@ the absolute figures) or refit.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -67,9 +68,14 @@ class Prediction:
                            for c in self.layers]}
 
 
+@functools.lru_cache(maxsize=None)
+def _stored() -> str:
+    return (resources.files("xdpnn.loader") / COEFFS_FILE).read_text()
+
+
 def coefficients() -> dict:
     """The fitted coefficients and the machine they were measured on."""
-    return json.loads((resources.files("xdpnn.loader") / COEFFS_FILE).read_text())
+    return json.loads(_stored())
 
 
 def layer_words(n_in: int, n_out: int, method: str) -> int:
