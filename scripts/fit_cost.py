@@ -1,7 +1,7 @@
 """Fits the cost model of loader/cost.py: builds a set of shapes with forced
 methods, times them side by side with BPF_PROG_TEST_RUN, reads their
 verified instruction counts, and solves for the per-layer and per-word
-coefficients by least squares.
+coefficients by non-negative least squares.
 
     python scripts/fit_cost.py [--rounds N] [--write]
 
@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2000)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    from scipy.optimize import nnls  # scipy comes with scikit-learn (the test extra)
     load = open("/proc/loadavg").read().split()[0]
     got = measure(FIT + CHECK, args.rounds, args.repeat)
     sizes = {key: [int(n) for n in key[0].split("-")] for key in got}
@@ -75,7 +76,7 @@ def main():
     fitted = {}
     for i, what in enumerate(("ns", "verified_insns")):
         y = np.array([got[k][i] for k in FIT], float)
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        coef, _ = nnls(x, y)  # no cost is negative
         fitted[what] = {n: round(float(c), 3) for n, c in zip(names, coef)}
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
