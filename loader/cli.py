@@ -490,7 +490,7 @@ def cmd_model_show(args):
              f"  provenance: {json.dumps(m.provenance)}",
              f"  predicted cost: {p.ns:.0f} ns per inference, {p.insns:.0f} verified "
              f"instructions (measured on {machine.get('cpu_model', '?')})",
-             f"    parse + verdict: {p.fixed_ns:.0f} ns"]
+             f"    fixed (parsing, verdict): {p.fixed_ns:.0f} ns"]
     lines += [f"    layer {c.layer} {c.n_in}-{c.n_out} {names[c.method]}: {c.ns:.0f} ns "
               f"({c.words} words)" for c in p.layers]
     out(args, info, "\n".join(lines))

@@ -331,7 +331,7 @@ def run(s: Settings) -> dict:
                 entry[f"ratio_to_forward_{n}_cpus"] = summary(
                     [a / f for a, f in zip(many, fwd[n])])
             scaling.append(entry)
-    return {"schema": "xdpnn-bench/2", "started": time.strftime(
+    return {"schema": "xdpnn-bench/3", "started": time.strftime(
                 "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1), "environment": env,
             "forwarding": configs, "inference": inference, "scaling": scaling}
@@ -388,7 +388,11 @@ def command(args) -> None:
     s.napi = args.napi
     s.scaling = not args.no_scaling
     if args.netns_prefix:
-        s.netns_prefix = check_netns_name(args.netns_prefix)
+        try:
+            check_netns_name(f"{args.netns_prefix}-sink")  # the longest name made from it
+        except UsageError as e:
+            raise UsageError(f"bench: --netns-prefix {args.netns_prefix!r}: {e}") from None
+        s.netns_prefix = args.netns_prefix
     if args.trials is not None:
         s.trials = args.trials
     if args.seconds is not None:
