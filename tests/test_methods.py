@@ -57,6 +57,10 @@ def test_codegen_goes_vertical_where_groups_are_full_enough():
     # group, 114 in two (docs/benchmarks.md, "Cost model").
     assert 0.75 < layout.vertical_word_cost() < 0.95
     assert layout.choose_methods([64, 47, 60, 100, 120, 2]) == ("h", "v", "h", "v")
+    # test_golden.py's switch shapes sit exactly at it: refit coefficients
+    # that move it must move them too.
+    assert layout.choose_methods([64, 56, 57, 2]) == ("h", "v")
+    assert layout.choose_methods([64, 113, 114, 2]) == ("h", "v")
     m = random_model([784, 64, 32, 10])
     assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=0" in layout.cflags(m)
     assert layout.model_words(m).size == layout.offsets(m.sizes)["MODEL_WORDS"]

@@ -42,6 +42,9 @@ def markdown(r: dict) -> str:
                      f" | {_range(i['xdp_over_fastest_scalar'], 1, '{:.1f}')}, "
                      f"{i['fastest_scalar']} | {_range(i['xdp_over_fastest'], 1, '{:.1f}')}, "
                      f"{i['fastest']} |")
+    lines += ["", ("ns per inference, one input at a time; every baseline gave the reference's "
+                   "class on every input before it was timed; a ratio is XDP over that baseline "
+                   "in the same trial.")]
     if r.get("scaling"):
         n = r["scaling"][0]["cpus"]
         lines += ["", f"| datapath | Mpps on 1 CPU | Mpps on {n} CPUs | speedup | "
@@ -58,10 +61,11 @@ def markdown(r: dict) -> str:
                          f"{_range(c['speedup'], 1, '{:.2f}')} | "
                          f"{_range(c['speedup_cpu_time'], 1, '{:.2f}')} | " +
                          " | ".join(ratios) + " |")
-    lines += ["", ("ns per inference, one input at a time; every baseline gave the reference's "
-                   "class on every input before it was timed; a ratio is XDP over that baseline "
-                   "in the same trial."),
-              "", f"Kernel {env['kernel']}, {env['cpu_model']} ({env['cpus']} CPUs), "
+        lines += ["", f"1 CPU against {n}: one generator thread pinned to each CPU, one veth "
+                      "queue per CPU; speedup in CPU time: packets per CPU-second of the "
+                      "sending threads (which run the datapath in softirq), the speedup free "
+                      "CPUs would give."]
+    lines += ["", f"Kernel {env['kernel']}, {env['cpu_model']} ({env['cpus']} CPUs), "
                   f"{env['xdp_mode']} XDP on veth, NAPI {env['napi']}, "
                   f"{env['packet_bytes']}-byte frames, generator: {env['generator']}; "
                   f"{env['trials']} trials of {env['trial_seconds']} s per datapath; "
