@@ -29,14 +29,35 @@
 
 #define NN_SHIFT(j) (((j) & 0x38) | (7 - ((j) & 7)))
 
+/* SWAR popcount, the first two steps: 16 nibbles of counts 0..4. */
+static __always_inline __u64 nibble_counts(__u64 v)
+{
+	v -= (v >> 1) & 0x5555555555555555ULL;
+	return (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+}
+
+/* popcount(x XOR w) over `words` words.  BPF has no popcount instruction,
+ * and clang's SWAR sequence per word ends in a multiply that sums its
+ * bytes; here partial counts are added first and reduced once: two words'
+ * nibbles (at most 8 each) are added, spread to bytes and summed over all
+ * pairs (at most 8 pairs of 16 = 128 per byte), then the bytes are summed
+ * once per row, in 16-bit lanes where the total can exceed 255. */
 static __always_inline __u32 xor_popcount(const __u64 *x, const __u64 *w, const int words)
 {
-	__u32 d = 0;
+	const __u64 m4 = 0x0f0f0f0f0f0f0f0fULL;
+	__u64 bytes = 0;
 	/* words <= 16: unrolled, so each load has a constant offset. */
 #pragma unroll
-	for (int k = 0; k < words; k++)
-		d += __builtin_popcountll(x[k] ^ w[k]); /* clang emits a SWAR sequence */
-	return d;
+	for (int k = 0; k < words; k += 2) {
+		__u64 n = nibble_counts(x[k] ^ w[k]);
+		if (k + 1 < words)
+			n += nibble_counts(x[k + 1] ^ w[k + 1]);
+		bytes += (n & m4) + ((n >> 4) & m4);
+	}
+	if (words * 64 < 256)
+		return (bytes * 0x0101010101010101ULL) >> 56;
+	bytes = (bytes & 0x00ff00ff00ff00ffULL) + ((bytes >> 8) & 0x00ff00ff00ff00ffULL);
+	return (bytes * 0x0001000100010001ULL) >> 48;
 }
 
 /* A hidden layer: neuron j fires (bit 1) iff its dot product a >= T_j. */
@@ -44,18 +65,25 @@ static __always_inline void bnn_hidden(const __u64 *m, const __u64 *in, __u64 *o
 				       const int n_in, const int in_words, const int n_out,
 				       const int w_off, const int t_off)
 {
-#pragma unroll
-	for (int k = 0; k < (n_out + 63) / 64; k++)
-		out[k] = 0;
-	/* A bounded loop: the verifier walks every iteration, which is what
-	 * limits the largest model (docs/datapath.md, "Verifier limits"). */
+	/* Bounded loops over output words and their neurons: the verifier
+	 * walks every iteration, which is what limits the largest model
+	 * (docs/datapath.md, "Verifier limits").  An output word is built in
+	 * a register and stored once. */
 #pragma clang loop unroll(disable)
-	for (int j = 0; j < n_out; j++) {
-		__s64 a = n_in - 2 * (__s64)xor_popcount(in, m + w_off + j * in_words, in_words);
-		/* fire = (a >= T) = the sign bit of T - 1 - a. */
-		__u64 fire = (__s64)m[t_off + j] - 1 - a;
-		NN_SIGN_BIT(fire);
-		out[j >> 6] |= fire << NN_SHIFT(j);
+	for (int g = 0; g < (n_out + 63) / 64; g++) {
+		__u64 acc = 0;
+		const int end = n_out - 64 * g < 64 ? n_out - 64 * g : 64;
+#pragma clang loop unroll(disable)
+		for (int i = 0; i < end; i++) {
+			const int j = 64 * g + i;
+			__s64 a = n_in - 2 * (__s64)xor_popcount(in, m + w_off + j * in_words,
+								 in_words);
+			/* fire = (a >= T) = the sign bit of T - 1 - a. */
+			__u64 fire = (__s64)m[t_off + j] - 1 - a;
+			NN_SIGN_BIT(fire);
+			acc |= fire << NN_SHIFT(i);
+		}
+		out[g] = acc;
 	}
 }
 

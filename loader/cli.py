@@ -486,20 +486,35 @@ def cmd_model_random(args):
                                                     f"({m.mode}), seed {args.seed}")
 
 
-@command("model show", "print a model file's shape, classes and provenance", """
+@command("model show", "print a model file's shape, classes, provenance and predicted cost", """
   xdpnn model show model.npz
-  xdpnn model show model.npz -j""", root=False, options=[arg("file")])
+  xdpnn model show model.npz -j
+
+The cost is predicted by loader/cost.py from coefficients measured on one
+machine (docs/benchmarks.md, "Cost model"): ns per inference in XDP, per
+layer, with the method the codegen picks for each hidden layer.""", root=False,
+         options=[arg("file")])
 def cmd_model_show(args):
-    from xdpnn.loader import datapath, layout
+    from xdpnn.loader import cost, datapath, layout
     m = datapath.load_model(args.file)
+    p = cost.predict(m)
+    machine = cost.coefficients()["machine"]
     info = {"file": args.file, "shape": m.shape, "layers": m.sizes, "input": m.input,
             "classes": m.classes, "provenance": m.provenance,
-            "weight_bytes": layout.model_words(m).nbytes}
-    out(args, info, "\n".join([f"{args.file}: {m.shape}, {m.mode} input" +
-                               (f" (port {m.input.get('port')})" if m.mode == "payload" else ""),
-                               f"  classes: {', '.join(m.classes)}",
-                               f"  model map value: {info['weight_bytes']} bytes",
-                               f"  provenance: {json.dumps(m.provenance)}"]))
+            "weight_bytes": layout.model_words(m).nbytes,
+            "predicted": dict(p.as_dict(), measured_on=machine.get("cpu_model"))}
+    names = {"h": "horizontal", "v": "vertical", "out": "output"}
+    lines = [f"{args.file}: {m.shape}, {m.mode} input" +
+             (f" (port {m.input.get('port')})" if m.mode == "payload" else ""),
+             f"  classes: {', '.join(m.classes)}",
+             f"  model map value: {info['weight_bytes']} bytes",
+             f"  provenance: {json.dumps(m.provenance)}",
+             f"  predicted cost: {p.ns:.0f} ns per inference, {p.insns:.0f} verified "
+             f"instructions (measured on {machine.get('cpu_model', '?')})",
+             f"    fixed (parsing, verdict): {p.fixed_ns:.0f} ns"]
+    lines += [f"    layer {c.layer} {c.n_in}-{c.n_out} {names[c.method]}: {c.ns:.0f} ns "
+              f"({c.words} words)" for c in p.layers]
+    out(args, info, "\n".join(lines))
 
 
 @command("model add", "serve another model on a serving interface, chosen by the requests' "
@@ -965,6 +980,10 @@ docs/benchmarks.md explains every figure.""", options=[
         help="seconds per datapath per rate trial (1, --quick 0.2)"),
     arg("--napi", choices=("softirq", "threaded"), default="softirq",
         help="veth NAPI in softirq (default) or in kernel threads"),
+    arg("--no-scaling", action="store_true",
+        help="skip the 1-CPU against 2-CPU trials (run where there are 2 CPUs or more)"),
+    arg("--netns-prefix", metavar="NAME",
+        help="prefix of the namespaces the bench makes (xdpnn-bench-<pid>)"),
     arg("--out", metavar="DIR", help="results directory (results/bench-<time>)"),
 ])
 def cmd_bench(args):

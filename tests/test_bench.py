@@ -2,7 +2,7 @@
 and a quick run in namespaces of its own writes every documented key.
 Speed is measured by the bench; nothing here asserts a timing."""
 import json
-import re
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +13,18 @@ from xdpnn.trainer import reference
 from xdpnn.trainer.model import random_model
 
 # docs/benchmarks.md, "The JSON file": keep the two in step.
-TOP_KEYS = {"schema", "started", "seconds", "environment", "forwarding", "inference"}
+TOP_KEYS = {"schema", "started", "seconds", "environment", "forwarding", "inference",
+            "scaling"}
 ENV_KEYS = {"kernel", "cpu_model", "cpus", "xdp_mode", "napi", "packet_bytes", "generator",
             "trials", "trial_seconds", "stats_seconds", "test_run_repeat", "baseline_inputs",
-            "baseline_seconds", "c_compiler", "simd"}
+            "baseline_seconds", "c_compiler", "simd", "load"}
 FORWARDING_KEYS = {"config", "kind", "model", "pps", "ratio_to_forward", "not_received",
                    "bpf_stats_ns_per_packet", "test_run_ns_per_packet"}
 INFERENCE_KEYS = {"model", "weight_bytes", "xdp_ns", "baselines", "baselines_agree",
                   "fastest_scalar", "fastest", "xdp_over_fastest_scalar", "xdp_over_fastest",
                   "xdp_classified_every_request"}
+SCALING_KEYS = {"config", "cpus", "pps_1_cpu", "pps_2_cpus", "speedup",
+                "pps_per_cpu_second_1_cpu", "pps_per_cpu_second_2_cpus", "speedup_cpu_time"}
 SUMMARY_KEYS = {"median", "min", "max", "trials"}
 
 
@@ -83,7 +86,8 @@ def test_a_baseline_that_disagrees_is_an_error(baselines, monkeypatch):
 
 @pytest.mark.netns
 def test_bench_quick_writes_every_documented_key(tmp_path):
-    r = xdpnn("-j", "bench", "--quick", "--out", tmp_path)
+    prefix = f"xh1-bench-{os.getpid()}"
+    r = xdpnn("-j", "bench", "--quick", "--netns-prefix", prefix, "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res == json.loads((tmp_path / "bench.json").read_text())
@@ -115,7 +119,18 @@ def test_bench_quick_writes_every_documented_key(tmp_path):
     assert xdp == sorted(xdp) and xdp[0] > res["forwarding"][0]["test_run_ns_per_packet"]["median"]
     md = (tmp_path / "bench.md").read_text()
     assert "plain forwarding" in md and "784-256-256-10" in md and "XDP / fastest scalar" in md
-    prefix = re.search(r"bench: (xdpnn-bench-\d+)-gen", r.stderr).group(1)
+    assert f"bench: {prefix}-gen" in r.stderr
+    assert set(res["environment"]["load"]) == {"loadavg_start", "loadavg_end", "busy_share"}
+    # 1 CPU against 2, side by side, where the machine has 2 CPUs.
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert [c["config"] for c in res["scaling"]] == [
+            "forward", "256-32-16-2", "784-64-32-10", "784-256-256-10"]
+        for c in res["scaling"]:
+            assert set(c) - {"ratio_to_forward_1_cpu", "ratio_to_forward_2_cpus"} == SCALING_KEYS
+            assert ("ratio_to_forward_1_cpu" in c) == (c["config"] != "forward")
+            assert c["pps_1_cpu"]["min"] > 0 and c["pps_2_cpus"]["min"] > 0
+            assert len(c["speedup"]["trials"]) == 5
+        assert "Mpps on 2 CPUs" in md
     assert not list(Path("/run/netns").glob(f"{prefix}-*"))  # cleaned up
 
 

@@ -50,7 +50,7 @@ def test_the_wheel_installs_one_namespace_with_its_data(venv):
     package = site / "xdpnn"
     for data in ("bpf/xdpnn.c", "bpf/xdpnn_shared.h", "bpf/parse.h", "bpf/bnn.h", "bpf/sink.c",
                  "bpf/livegen.c", "traffic/bnn_user.c", "traffic/bnn_fixed.c",
-                 "models/digits-default.npz"):
+                 "models/digits-default.npz", "loader/cost_model.json"):
         assert (package / data).is_file(), data
     where = run(venv / "bin/python", "-c", "import xdpnn.loader.cli as c; print(c.__file__)",
                 cwd="/")

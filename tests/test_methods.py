@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from xdpnn.loader import layout, testrun
+from xdpnn.trainer import reference
 from xdpnn.trainer.model import random_model
 
 
@@ -52,7 +53,14 @@ def test_codegen_goes_vertical_where_groups_are_full_enough():
     assert layout.choose_methods([256, 32, 16, 2]) == ("h", "h")
     assert layout.choose_methods([784, 64, 32, 10]) == ("v", "h")
     assert layout.choose_methods([784, 256, 256, 10]) == ("v", "v")
-    assert layout.choose_methods([64, 44, 45, 65, 90, 2]) == ("h", "v", "h", "v")
+    # The switch (from the cost model's per-word costs): 57 neurons in one
+    # group, 114 in two (docs/benchmarks.md, "Cost model").
+    assert 0.75 < layout.vertical_word_cost() < 0.95
+    assert layout.choose_methods([64, 47, 60, 100, 120, 2]) == ("h", "v", "h", "v")
+    # test_golden.py's switch shapes sit exactly at it: refit coefficients
+    # that move it must move them too.
+    assert layout.choose_methods([64, 56, 57, 2]) == ("h", "v")
+    assert layout.choose_methods([64, 113, 114, 2]) == ("h", "v")
     m = random_model([784, 64, 32, 10])
     assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=0" in layout.cflags(m)
     assert layout.model_words(m).size == layout.offsets(m.sizes)["MODEL_WORDS"]
@@ -115,3 +123,49 @@ def extreme(sizes, seed):
 def test_extreme_thresholds_equal_reference(sizes, methods):
     res = testrun.verify(extreme(sizes, seed=sizes[1]), 3000, seed=3, methods=tuple(methods))
     assert res["mismatches"] == 0, res["examples"]
+
+
+def one_neuron_probe(n_in: int, t: int, seed: int):
+    """n_in-1-2 with class 0 iff the hidden neuron fires (out weights +1 and
+    -1, scale 1, bias 0: score 0 = a, score 1 = -a), and threshold t."""
+    m = random_model([n_in, 1, 2], seed=seed)
+    m.thresholds[0][:] = t
+    m.weights[1][:] = np.array([[1], [0]], np.uint8)
+    m.out_scale[:], m.out_bias[:] = 1, 0
+    return m.validate()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("n_in", [64, 130, 192, 256, 320, 1024])
+def test_horizontal_popcount_exact_at_extreme_counts(n_in):
+    """The horizontal popcount adds partial counts of word pairs and
+    reduces them once, in bytes up to 3 words a row and in 16-bit lanes
+    from 4 (bpf/bnn.h xor_popcount): mismatch counts 0, 1, n - 1 and n (all
+    bits) at row widths of 1 word, odd words, 3 words, 4 words (256: one
+    more than a byte holds), 5 and 16, each read back exactly through a
+    threshold at every one of those counts."""
+    from xdpnn.loader import compile
+    from xdpnn.traffic import packets
+
+    rng = np.random.default_rng(n_in)
+    model = one_neuron_probe(n_in, 0, seed=n_in)
+    w = model.weights[0][0]
+    inputs = {}
+    for d in (0, 1, n_in // 2, n_in - 1, n_in):
+        x = w.copy()
+        x[rng.choice(n_in, d, replace=False)] ^= 1  # d mismatches exactly
+        inputs[d] = x
+    prog = compile.build(model, methods=("h",))
+    try:
+        runner = testrun.Runner(prog, model.input["port"])
+        frames = {d: packets.request(reference.bytes_from_bits(x), model.input["port"])
+                  for d, x in inputs.items()}
+        for d_t in (0, 1, n_in - 1, n_in):
+            probe = one_neuron_probe(n_in, n_in - 2 * d_t, seed=n_in)  # fires iff d <= d_t
+            compile.write_model(prog.maps["nn_model"], probe, methods=("h",))
+            for d, frame in frames.items():
+                want = int(reference.predict(probe, inputs[d][None, :])[0])
+                assert want == (0 if d <= d_t else 1)
+                assert runner.run(frame).cls == want, (n_in, d_t, d)
+    finally:
+        prog.close()

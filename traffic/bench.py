@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from xdpnn.loader import bpf_sys, datapath, layout
 from xdpnn.loader.errors import UsageError
-from xdpnn.loader.netns import netns, write_sysfs_net
+from xdpnn.loader.netns import check_netns_name, netns, write_sysfs_net
 from xdpnn.trainer import reference
 from xdpnn.trainer.model import Model, ModelError, random_model
 from xdpnn.traffic import baseline, forwarder, livegen, packets
@@ -35,6 +36,7 @@ from xdpnn.traffic.topology import Topology
 DEFAULT_SHAPES = ("256-32-16-2", "784-64-32-10", "784-256-256-10")
 PORT = 9595
 PORTS = ("d0", "d1")
+MAX_CPUS = 2  # the scaling trials use CPUs 0 .. MAX_CPUS - 1
 TEST_RUN_FRAMES = 8  # different inputs per BPF_PROG_TEST_RUN figure
 
 
@@ -49,6 +51,8 @@ class Settings:
     baseline_inputs: int = 4096
     baseline_seconds: float = 0.05  # per user-space baseline per model per trial
     napi: str = "softirq"
+    netns_prefix: str = ""          # default xdpnn-bench-<pid>
+    scaling: bool = True            # 1 CPU against all of them (up to MAX_CPUS)
 
     @classmethod
     def quick(cls, **kw) -> "Settings":
@@ -124,6 +128,65 @@ def rate_trial(v: Variant, gen: livegen.LiveGen, t: Topology, seconds: float) ->
     return received / sent.seconds, sent.frames - received
 
 
+def multi_send(gen: livegen.LiveGen, cpus: list[int], seconds: float,
+               count: int = 1 << 40) -> tuple:
+    """One generator thread pinned to each CPU, started together: a frame
+    sent on CPU c is forwarded on c (veth queue c), so the CPUs forward side
+    by side.  Returns (frames sent, wall seconds from the start to the last
+    thread's end, CPU seconds of the threads): the forwarding and inference
+    run in softirq on the sending thread, so its CPU time is theirs too."""
+    done: list = [None] * len(cpus)
+    start = threading.Barrier(len(cpus) + 1)
+
+    def work(i: int, cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        start.wait()
+        cpu0 = time.thread_time()
+        sent = gen.send(count, max_seconds=seconds)
+        done[i] = (sent.frames, time.thread_time() - cpu0)
+
+    threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(cpus)]
+    for th in threads:
+        th.start()
+    start.wait()
+    t0 = time.monotonic()
+    for th in threads:
+        th.join()
+    wall = time.monotonic() - t0
+    if any(x is None for x in done):
+        raise RuntimeError("bench: a generator thread failed (see above)")
+    return sum(x[0] for x in done), wall, sum(x[1] for x in done)
+
+
+def scaling_trial(v: Variant, gen: livegen.LiveGen, t: Topology, cpus: list[int],
+                  seconds: float) -> tuple[float, float]:
+    """(received packets/s, received packets per CPU second of the sending
+    threads) with v attached and generators on `cpus`."""
+    with forwarder.attached(v.prog, t.dut, PORTS):
+        multi_send(gen, cpus, 1.0, count=4096)  # warm-up on every CPU: caches, NAPI
+        time.sleep(0.02)
+        before = v.receiver.counts()[0]
+        _, wall, cpu_seconds = multi_send(gen, cpus, seconds)
+        time.sleep(0.02)
+        received = v.receiver.counts()[0] - before
+    return received / wall, received / max(cpu_seconds, 1e-9)
+
+
+def machine_load() -> dict:
+    """How busy the machine was: load averages, and the share of CPU time
+    spent outside the idle task since the last call (all processes)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return {"loadavg": [float(x) for x in open("/proc/loadavg").read().split()[:3]],
+            "jiffies_total": sum(fields), "jiffies_idle": idle}
+
+
+def busy_share(a: dict, b: dict) -> float:
+    total = b["jiffies_total"] - a["jiffies_total"]
+    return 1 - (b["jiffies_idle"] - a["jiffies_idle"]) / total if total else 0.0
+
+
 def stats_trial(v: Variant, gen: livegen.LiveGen, t: Topology, seconds: float) -> float:
     """ns per packet of v's program from bpf_stats (on for this trial)."""
     with forwarder.attached(v.prog, t.dut, PORTS):
@@ -161,7 +224,13 @@ def run(s: Settings) -> dict:
         c.close()  # deletes the library files; the loaded libraries stay mapped
     base_ns = {name: {b: [] for b in runners} for name, runners in base.items()}
 
-    with Topology(f"xdpnn-bench-{os.getpid()}") as t:
+    n_cpus = min(MAX_CPUS, len(os.sched_getaffinity(0))) if s.scaling else 1
+    cpu_sets = [list(range(n)) for n in (1, n_cpus)] if n_cpus > 1 else []
+    scale_rates = {v.name: {len(c): [] for c in cpu_sets} for v in variants
+                   if v.kind != "reflect"}
+    scale_per_cpu = {name: {n: [] for n in by} for name, by in scale_rates.items()}
+    load_start = machine_load()
+    with Topology(s.netns_prefix or f"xdpnn-bench-{os.getpid()}", queues=n_cpus) as t:
         progress(f"bench: {t.gen} [g0] -> [d0] {t.dut} [d1] -> [s0] {t.sink}, "
                  f"{frame_bytes}-byte requests")
         with Sink(t.sink, "s0", drop=True) as rx, Sink(t.gen, "g0", drop=True) as back, \
@@ -181,6 +250,19 @@ def run(s: Settings) -> dict:
                         lost[v.name] += missing
                     progress(f"  rates, trial {k + 1}/{s.trials}: " + ", ".join(
                         f"{v.name} {rates[v.name][-1] / 1e6:.2f}" for v in variants) + " Mpps")
+                # Scaling: 1 CPU and n CPUs in the same trial, each variant in
+                # turn, so the ratio compares rates taken a moment apart.
+                scaled = [v for v in variants if v.name in scale_rates]
+                for k in range(s.trials if cpu_sets else 0):
+                    for v in rotated(scaled, k):
+                        for cpus in (cpu_sets if k % 2 == 0 else cpu_sets[::-1]):
+                            pps, per_cpu_s = scaling_trial(v, gen, t, cpus, s.trial_seconds)
+                            scale_rates[v.name][len(cpus)].append(pps)
+                            scale_per_cpu[v.name][len(cpus)].append(per_cpu_s)
+                    progress(f"  scaling, trial {k + 1}/{s.trials}: " + ", ".join(
+                        f"{v.name} " + "/".join(f"{scale_rates[v.name][len(c)][-1] / 1e6:.2f}"
+                                                for c in cpu_sets) for v in scaled) +
+                        f" Mpps on {'/'.join(str(len(c)) for c in cpu_sets)} CPUs")
                 with bpf_sys.bpf_stats():
                     for k in range(s.trials):
                         for v in rotated(variants, k):
@@ -224,10 +306,35 @@ def run(s: Settings) -> dict:
                  for m, v in zip(models, variants[2:])]
     env = environment(s, frame_bytes)
     env["c_compiler"], env["simd"] = c.compiler, c.simd
-    return {"schema": "xdpnn-bench/2", "started": time.strftime(
+    load_end = machine_load()
+    env["load"] = {"loadavg_start": load_start["loadavg"], "loadavg_end": load_end["loadavg"],
+                   "busy_share": round(busy_share(load_start, load_end), 3)}
+    scaling = []
+    if cpu_sets:
+        n = len(cpu_sets[-1])
+        for name, by_cpus in scale_rates.items():
+            one, many = by_cpus[1], by_cpus[n]
+            entry = {"config": name, "cpus": n, "pps_1_cpu": summary(one),
+                     f"pps_{n}_cpus": summary(many),
+                     "speedup": summary([b / a for a, b in zip(one, many)]),
+                     "pps_per_cpu_second_1_cpu": summary(scale_per_cpu[name][1]),
+                     f"pps_per_cpu_second_{n}_cpus": summary(scale_per_cpu[name][n]),
+                     # n x the per-CPU-second rate over 1 CPU's: the speedup
+                     # free CPUs would give, other jobs' share taken out.
+                     "speedup_cpu_time": summary(
+                         [n * b / a for a, b in zip(scale_per_cpu[name][1],
+                                                    scale_per_cpu[name][n])])}
+            if name != "forward":
+                fwd = scale_rates["forward"]
+                entry["ratio_to_forward_1_cpu"] = summary(
+                    [a / f for a, f in zip(one, fwd[1])])
+                entry[f"ratio_to_forward_{n}_cpus"] = summary(
+                    [a / f for a, f in zip(many, fwd[n])])
+            scaling.append(entry)
+    return {"schema": "xdpnn-bench/3", "started": time.strftime(
                 "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1), "environment": env,
-            "forwarding": configs, "inference": inference}
+            "forwarding": configs, "inference": inference, "scaling": scaling}
 
 
 def rotated(variants: list[Variant], k: int) -> list[Variant]:
@@ -282,6 +389,13 @@ def command(args) -> None:
         s.shapes = args.shape
     s.model_files = args.model
     s.napi = args.napi
+    s.scaling = not args.no_scaling
+    if args.netns_prefix:
+        try:
+            check_netns_name(f"{args.netns_prefix}-sink")  # the longest name made from it
+        except UsageError as e:
+            raise UsageError(f"bench: --netns-prefix {args.netns_prefix!r}: {e}") from None
+        s.netns_prefix = args.netns_prefix
     if args.trials is not None:
         s.trials = args.trials
     if args.seconds is not None:

@@ -44,12 +44,35 @@ def markdown(r: dict) -> str:
                      f"{i['fastest']} |")
     lines += ["", ("ns per inference, one input at a time; every baseline gave the reference's "
                    "class on every input before it was timed; a ratio is XDP over that baseline "
-                   "in the same trial."),
-              "", f"Kernel {env['kernel']}, {env['cpu_model']} ({env['cpus']} CPUs), "
+                   "in the same trial.")]
+    if r.get("scaling"):
+        n = r["scaling"][0]["cpus"]
+        lines += ["", f"| datapath | Mpps on 1 CPU | Mpps on {n} CPUs | speedup | "
+                      "speedup in CPU time | "
+                      f"ratio to plain forwarding, 1 CPU | ratio to plain forwarding, {n} CPUs |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in r["scaling"]:
+            name = labels.get(c["config"], f"forwarding + inference {c['config']}")
+            ratios = ([_range(c["ratio_to_forward_1_cpu"], 1, "{:.2f}"),
+                       _range(c[f"ratio_to_forward_{n}_cpus"], 1, "{:.2f}")]
+                      if "ratio_to_forward_1_cpu" in c else ["1", "1"])
+            lines.append(f"| {name} | {_range(c['pps_1_cpu'], 1e-6, '{:.2f}')} | "
+                         f"{_range(c[f'pps_{n}_cpus'], 1e-6, '{:.2f}')} | "
+                         f"{_range(c['speedup'], 1, '{:.2f}')} | "
+                         f"{_range(c['speedup_cpu_time'], 1, '{:.2f}')} | " +
+                         " | ".join(ratios) + " |")
+        lines += ["", f"1 CPU against {n}: one generator thread pinned to each CPU, one veth "
+                      "queue per CPU; speedup in CPU time: packets per CPU-second of the "
+                      "sending threads (which run the datapath in softirq), the speedup free "
+                      "CPUs would give."]
+    lines += ["", f"Kernel {env['kernel']}, {env['cpu_model']} ({env['cpus']} CPUs), "
                   f"{env['xdp_mode']} XDP on veth, NAPI {env['napi']}, "
                   f"{env['packet_bytes']}-byte frames, generator: {env['generator']}; "
                   f"{env['trials']} trials of {env['trial_seconds']} s per datapath; "
-                  f"C: {env['c_compiler']}, SIMD: {env['simd']}."]
+                  f"C: {env['c_compiler']}, SIMD: {env['simd']}; machine load: "
+                  f"loadavg {env['load']['loadavg_start'][0]:.2f} at the start, "
+                  f"{env['load']['loadavg_end'][0]:.2f} at the end, all CPUs busy "
+                  f"{100 * env['load']['busy_share']:.0f}% of the run (this bench included)."]
     return "\n".join(lines) + "\n"
 
 

@@ -24,8 +24,12 @@ from xdpnn.traffic import packets
 class Topology:
     """Three namespaces, <prefix>-gen, <prefix>-dut and <prefix>-sink."""
 
-    def __init__(self, prefix: str | None = None):
+    def __init__(self, prefix: str | None = None, queues: int = 1):
         prefix = prefix or f"xdpnn-{os.getpid()}"
+        # veth queues per end: a frame sent on CPU c goes to the peer's
+        # queue c % queues, whose NAPI runs on c, so with one queue per CPU
+        # each CPU forwards its own frames end to end (xdpnn bench, scaling).
+        self.queues = queues
         self.gen, self.dut, self.sink = (f"{prefix}-{n}" for n in ("gen", "dut", "sink"))
         self.created: list[str] = []
 
@@ -65,7 +69,8 @@ class Topology:
                  mac_b: str | None = None) -> None:
         """A veth pair a (in ns_a) <-> b (in ns_b), both up."""
         def end(ns, mac):
-            return {"net_ns_fd": ns, **({"address": mac} if mac else {})}
+            return {"net_ns_fd": ns, "num_rx_queues": self.queues,
+                    "num_tx_queues": self.queues, **({"address": mac} if mac else {})}
         with IPRoute() as ipr:  # each end is made directly in its namespace
             ipr.link("add", ifname=a, kind="veth", **end(ns_a, mac_a),
                      peer={"ifname": b, **end(ns_b, mac_b)})
