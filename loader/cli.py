@@ -405,6 +405,77 @@ def read_frames(args) -> list[bytes]:
     return frames
 
 
+@command("evaluate", "a model's per-packet and per-flow accuracy on labeled captures, as the "
+                     "kernel classifies them", """
+  sudo xdpnn evaluate --model traffic.npz --pcaps captures/
+  sudo xdpnn evaluate --model traffic.npz --pcaps captures/ -j
+
+DIR holds one pcap per class, named after it (dns.pcap, ...), as `xdpnn
+capture` writes them.  A flow (both directions of a 5-tuple) takes the
+majority of its packets' classes.  Exit code 6 if the kernel and the Python
+reference disagree on any frame.""", options=[
+    arg("--model", required=True, metavar="FILE"),
+    arg("--pcaps", required=True, metavar="DIR", help="one pcap per class, file name = class"),
+])
+def cmd_evaluate(args):
+    from xdpnn.loader import datapath, evaluate
+    model = datapath.load_model(args.model)
+    captures = evaluate.read_captures(args.pcaps, model.classes)
+
+    def progress(done):
+        if not args.json and sys.stderr.isatty():
+            print(f"\r  {done} frames", end="", file=sys.stderr, flush=True)
+    rep = evaluate.evaluate(model, captures, progress)
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)
+    out(args, rep, evaluate.format_report(rep))
+    if rep["reference_mismatches"]:
+        return errors.MismatchError.exit_code
+
+
+@command("capture", "record labeled pcaps of real servers and clients (DNS, NTP, HTTP, TLS, "
+                    "SSH, QUIC, other) in namespaces of its own", """
+  sudo xdpnn capture --out captures/                    20 flows per class, at most 60 s
+  sudo xdpnn capture --out unseen/ --seed 7 --seconds 30 --flows 10
+  sudo xdpnn capture --out dns-only/ --classes dns,other --seconds 5 -j
+
+Writes DIR/<class>.pcap.  Servers listen on 198.18.0.2 in the namespace
+<prefix>-srv only; clients run in <prefix>-cli; both are deleted on exit
+(Ctrl-C included), with every process the command started.""", options=[
+    arg("--out", required=True, metavar="DIR", help="where to write <class>.pcap"),
+    arg("--seed", type=SEED, default=0, help="seed of the client commands and options (0)"),
+    arg("--seconds", type=float_in(0, 3600), default=60.0,
+        help="stop starting clients after this long (60)"),
+    arg("--flows", type=int_in(1, 10_000), default=20,
+        help="client commands per class (20); each makes one or more flows"),
+    arg("--classes", metavar="LIST",
+        type=_typed(lambda t: t.split(","), "class names joined by ','"),
+        help="some of dns,ntp,http,tls,ssh,quic,other (all)"),
+    arg("--max-frames", type=int_in(1, 10**7), default=200_000,
+        help="stop recording after this many frames (200000)"),
+    arg("--prefix", type=NETNS, metavar="NAME",
+        help="namespace name prefix (flowcap-<pid>)"),
+])
+def cmd_capture(args):
+    from xdpnn.traffic import capture
+    progress = (None if args.json or not sys.stderr.isatty()
+                else lambda text: print("  " + text, file=sys.stderr, flush=True))
+    res = capture.run(args.out, seed=args.seed, seconds=args.seconds, classes=args.classes,
+                      prefix=args.prefix, flows=args.flows, max_frames=args.max_frames,
+                      progress=progress)
+    rep = vars(res)
+    lines = [f"captured {sum(c.get('frames', 0) for c in res.classes.values())} frames in "
+             f"{res.seconds} s (seed {res.seed}) into {res.out}/",
+             f"  {'class':<8}{'clients':>8}{'failed':>8}{'flows':>8}{'frames':>9}"]
+    for c, v in res.classes.items():
+        lines.append(f"  {c:<8}{v['jobs']:>8}{v['failed']:>8}{v.get('flows', 0):>8}"
+                     f"{v.get('frames', 0):>9}")
+    lines.append(f"  frames of no service (left out): {res.unlabeled}; lost by the capture "
+                 f"socket: {res.dropped}")
+    lines += [f"  note: {n}" for n in res.notes]
+    out(args, rep, "\n".join(lines))
+
+
 @command("verify", "random inputs through the kernel and the reference; exit code 6 on any "
                    "mismatch", """
   sudo xdpnn verify --model model.npz --samples 10000
