@@ -115,6 +115,8 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
     methods = layout.check_methods(model.sizes, methods)
     text, cflags = source_and_flags(model, record_input, defines, methods)
     names = ("nn_model_words",) + maps.MAP_NAMES + (("nn_last",) if record_input else ())
+    if model.mode == "flow":
+        names += ("nn_flows", "nn_flow_clock")
     prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, f"model {model.shape}")
     prog = Program(prog_fd=prog_fd, maps=fds, model=model, cflags=cflags,
                    record_input=record_input, methods=methods)

@@ -39,6 +39,8 @@ def bases(tmp, ns):
         "demo": ([], ["demo"], [], {"--model": missing}),
         "exporter": (["-n", ns], ["exporter"], ["lo"], {"--listen": "127.0.0.1:1"}),
         "query": (["-n", ns], ["query"], ["198.18.0.2"], {"--inputs": missing}),
+        "evaluate": ([], ["evaluate"], [], {"--model": missing, "--pcaps": str(tmp)}),
+        "capture": ([], ["capture"], [], {"--out": str(tmp / "c"), "--classes": "none"}),
     }
 
 

@@ -1,0 +1,107 @@
+"""Flow mode: the kernel's flow records, classes and flow counters equal the
+Python twin's (trainer/flows.py) packet by packet, on thousands of flows
+with replayed times; idle flows expire; a full table evicts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scapy.all import ICMP, IP, TCP, UDP, Ether, Raw, raw
+
+from xdpnn.trainer import flows
+from xdpnn.trainer.model import random_model
+
+pytestmark = pytest.mark.root
+
+EPOCH = 1_700_000_000 * 10**9
+
+
+def random_packets(rng, n_flows: int, start_ns: int = EPOCH):
+    """(time_ns, frame) of n_flows flows, interleaved in time: TCP, UDP, ICMP
+    and GRE; 1..14 packets each, both directions, payloads of 0..1400 bytes,
+    TCP flags that include FIN and RST, gaps of 1 us to 1 s, and some flows
+    idle past the timeout before their last packets."""
+    events = []
+    for f in range(n_flows):
+        proto = rng.choice([6, 6, 17, 17, 1, 47])
+        a = f"198.18.{rng.integers(0, 4)}.{rng.integers(1, 255)}"
+        b = f"198.19.{rng.integers(0, 4)}.{rng.integers(1, 255)}"
+        pa, pb = int(rng.integers(1024, 65536)), int(rng.choice([53, 80, 443, 22, 123, 5201]))
+        t = start_ns + int(rng.integers(0, 10**9))
+        for i in range(int(rng.integers(1, 15))):
+            gap = int(10 ** rng.uniform(3, 9))
+            if rng.random() < 0.03:
+                gap += flows.TIMEOUT_NS
+            t += gap if i else 0
+            back = i > 0 and rng.random() < 0.5
+            src, dst, sp, dp = (b, a, pb, pa) if back else (a, b, pa, pb)
+            payload = rng.integers(0, 256, int(rng.choice([0, 0, 8, 48, 300, 1400])),
+                                   dtype=np.uint8).tobytes()
+            ip = IP(src=src, dst=dst, ttl=64)
+            if proto == 6:
+                flags = int(rng.choice([0x02, 0x12, 0x10, 0x18, 0x18, 0x11, 0x04, 0x14]))
+                l4 = TCP(sport=sp, dport=dp, flags=flags) / Raw(payload)
+            elif proto == 17:
+                l4 = UDP(sport=sp, dport=dp) / Raw(payload)
+            elif proto == 1:
+                l4 = ICMP(type=int(rng.choice([0, 8]))) / Raw(payload)
+            else:
+                ip.proto = 47
+                l4 = Raw(payload)
+            events.append((t, raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                                  / ip / l4)))
+    events.sort(key=lambda e: e[0])
+    return events
+
+
+@pytest.fixture(scope="module")
+def flow_prog():
+    from xdpnn.loader import compile
+    model = random_model([256, 32, 7], seed=3, mode="flow")
+    prog = compile.build(model, record_input=True, defines=("NN_FLOW_REPLAY_CLOCK",))
+    yield model, prog
+    prog.close()
+
+
+def test_kernel_flow_records_and_classes_equal_the_twin(flow_prog):
+    from xdpnn.loader import compile, maps, testrun
+    model, prog = flow_prog
+    rng = np.random.default_rng(11)
+    packets = random_packets(rng, 2000)
+    runner = testrun.Runner(prog, 0)
+    table = flows.FlowTable()
+    want = flows.run(model, packets, table)
+    before = compile.read_counters(prog.maps["nn_counters"])
+    bad = []
+    for i, ((t, frame), (result, cls)) in enumerate(zip(packets, want)):
+        k = runner.run(frame, time_ns=t)
+        if (k.result, k.cls) != (result, cls):
+            bad.append((i, k.result, k.cls, result, cls))
+    assert not bad[:5], f"{len(bad)} packets differ, first: {bad[:5]}"
+    now = compile.read_counters(prog.maps["nn_counters"])
+    got = dict(zip(maps.FLOW_EVENTS, (now["flow"] - before["flow"]).tolist()))
+    assert got == table.counters
+    assert table.counters["expired"] > 10 and table.counters["final"] > 500
+    class_flows = (now["class_flows"] - before["class_flows"]).astype(np.int64)
+    assert {c: int(v) for c, v in enumerate(class_flows) if v} == \
+        {c: v for c, v in table.class_flows.items() if v}
+    assert len(packets) > 10000
+
+
+def test_kernel_record_bits_equal_the_twin(flow_prog):
+    """The input bits the kernel ran the model on, packet by packet (a fresh
+    time range: no flow of the other test is in it)."""
+    from xdpnn.loader import testrun
+    from xdpnn.trainer import reference
+    model, prog = flow_prog
+    rng = np.random.default_rng(12)
+    packets = random_packets(rng, 300, start_ns=EPOCH + 10**15)
+    runner = testrun.Runner(prog, 0)
+    table = flows.FlowTable()
+    for i, (t, frame) in enumerate(packets):
+        result, rec, infer = table.step(t, frame)
+        if infer:
+            table.classified(int(reference.predict(model, flows.record_bits(rec, 256)[None])[0]))
+        k = runner.run(frame, time_ns=t)
+        assert k.result == result
+        if rec is not None:
+            assert (k.bits == flows.record_bits(rec, 256)).all(), f"packet {i}"
