@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, Ether, Raw, raw
 
-from xdpnn.trainer import flows
+from xdpnn.trainer import flows, reference
 from xdpnn.trainer.model import random_model
 
 pytestmark = pytest.mark.root
@@ -53,55 +53,65 @@ def random_packets(rng, n_flows: int, start_ns: int = EPOCH):
     return events
 
 
+TABLE = 4096  # flow-table entries of the test build: more than the twin test's flows
+
+
 @pytest.fixture(scope="module")
 def flow_prog():
     from xdpnn.loader import compile
     model = random_model([256, 32, 7], seed=3, mode="flow")
-    prog = compile.build(model, record_input=True, defines=("NN_FLOW_REPLAY_CLOCK",))
+    prog = compile.build(model, record_input=True,
+                         defines=("NN_FLOW_REPLAY_CLOCK", f"NN_FLOW_ENTRIES={TABLE}"))
     yield model, prog
     prog.close()
 
 
-def test_kernel_flow_records_and_classes_equal_the_twin(flow_prog):
+def test_kernel_flow_records_classes_and_counters_equal_the_twin(flow_prog):
     from xdpnn.loader import compile, maps, testrun
     model, prog = flow_prog
-    rng = np.random.default_rng(11)
-    packets = random_packets(rng, 2000)
+    packets = random_packets(np.random.default_rng(11), 1200)
     runner = testrun.Runner(prog, 0)
     table = flows.FlowTable()
-    want = flows.run(model, packets, table)
     before = compile.read_counters(prog.maps["nn_counters"])
     bad = []
-    for i, ((t, frame), (result, cls)) in enumerate(zip(packets, want)):
+    for i, (t, frame) in enumerate(packets):
+        result, rec, infer = table.step(t, frame)
+        want = rec and flows.record_bits(rec, model.sizes[0])
+        if infer:
+            table.classified(int(reference.predict(model, want[None])[0]))
+        cls = table.last.cls if rec else None
         k = runner.run(frame, time_ns=t)
-        if (k.result, k.cls) != (result, cls):
+        if (k.result, k.cls) != (result, cls) or (rec and not (k.bits == want).all()):
             bad.append((i, k.result, k.cls, result, cls))
-    assert not bad[:5], f"{len(bad)} packets differ, first: {bad[:5]}"
+    assert not bad, f"{len(bad)} of {len(packets)} packets differ, first: {bad[:5]}"
     now = compile.read_counters(prog.maps["nn_counters"])
     got = dict(zip(maps.FLOW_EVENTS, (now["flow"] - before["flow"]).tolist()))
     assert got == table.counters
-    assert table.counters["expired"] > 10 and table.counters["final"] > 500
+    assert table.counters["new"] == 1200 and table.counters["expired"] > 10
+    assert table.counters["final"] > 300 and table.counters["cached"] > 1000
     class_flows = (now["class_flows"] - before["class_flows"]).astype(np.int64)
     assert {c: int(v) for c, v in enumerate(class_flows) if v} == \
         {c: v for c, v in table.class_flows.items() if v}
-    assert len(packets) > 10000
+    assert len(packets) > 8000
 
 
-def test_kernel_record_bits_equal_the_twin(flow_prog):
-    """The input bits the kernel ran the model on, packet by packet (a fresh
-    time range: no flow of the other test is in it)."""
-    from xdpnn.loader import testrun
-    from xdpnn.trainer import reference
+def test_a_full_table_evicts_its_least_recent_flow_which_comes_back_as_new(flow_prog):
+    from xdpnn.loader import bpf_sys, compile, testrun
     model, prog = flow_prog
-    rng = np.random.default_rng(12)
-    packets = random_packets(rng, 300, start_ns=EPOCH + 10**15)
     runner = testrun.Runner(prog, 0)
-    table = flows.FlowTable()
-    for i, (t, frame) in enumerate(packets):
-        result, rec, infer = table.step(t, frame)
-        if infer:
-            table.classified(int(reference.predict(model, flows.record_bits(rec, 256)[None])[0]))
-        k = runner.run(frame, time_ns=t)
-        assert k.result == result
-        if rec is not None:
-            assert (k.bits == flows.record_bits(rec, 256)).all(), f"packet {i}"
+    first = raw(Ether() / IP(src="198.18.9.1", dst="198.18.9.2") / UDP(sport=1, dport=53))
+    t = EPOCH + 2 * 10**15
+    counters = lambda: compile.read_counters(prog.maps["nn_counters"])["flow"]  # noqa: E731
+    before = counters()
+    runner.run(first, time_ns=t)
+    runner.run(first, time_ns=t + 1000)
+    assert (counters() - before).tolist()[:2] == [1, 0]  # one new flow, seen twice
+    # 2 * TABLE other flows, each newer than the first: the first is evicted.
+    for n in range(2 * TABLE):
+        f = raw(Ether() / IP(src="198.18.10.1", dst=f"198.19.{n >> 8}.{n & 255}")
+                / UDP(sport=2, dport=53))
+        runner.run(f, time_ns=t + 2000 + n)
+    runner.run(first, time_ns=t + 10**6)
+    assert (counters() - before).tolist()[:2] == [2 * TABLE + 2, 0]
+    info = bpf_sys.map_info(prog.maps["nn_flows"])
+    assert info.max_entries == TABLE
