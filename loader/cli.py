@@ -691,6 +691,7 @@ def query_inputs(args) -> list[bytes]:
   xdpnn train --data csv:flows.csv --label-column app --levels 8 --out flows.npz
   xdpnn train --data traffic --hidden 64 --out traffic.npz             (headers mode)
   xdpnn train --data pcaps:captures/ --out apps.npz                    (one pcap per class)
+  xdpnn train --data pcaps:captures/ --input flow --out flows.npz      (flow mode)
 
 exit code {errors.DataError.exit_code}: the data source cannot be read (the message names the \
 file and the problem)""", root=False, options=[
@@ -714,6 +715,9 @@ file and the problem)""", root=False, options=[
     arg("--label-column", metavar="NAME", help="csv: the label column (the last)"),
     arg("--port", type=PORT, default=DEFAULT_PORT,
         help=f"payload models: UDP port of requests ({DEFAULT_PORT})"),
+    arg("--input", choices=("headers", "flow"),
+        help="pcaps:DIR: one input per packet (headers, the default) or per flow record "
+             "(flow mode)"),
 ])
 def cmd_train(args):
     from xdpnn.trainer import data, train
@@ -723,7 +727,8 @@ def cmd_train(args):
                        test_fraction=args.test_fraction)
     try:
         ds = data.load(args.data, levels=args.levels, label_column=args.label_column,
-                       split_seed=args.seed, test_fraction=args.test_fraction)
+                       split_seed=args.seed, test_fraction=args.test_fraction,
+                       input_mode=args.input)
         model = train.train(ds, cfg, port=args.port, progress=None if args.json else print)
     except data.DataError as e:
         raise errors.DataError(str(e)) from None

@@ -26,9 +26,9 @@ from xdpnn.loader.errors import UsageError
 from xdpnn.trainer.model import DEFAULT_PORT, Model
 
 
-def read_captures(directory: str, classes: list[str]) -> dict[str, list[bytes]]:
-    """{class: frames} from DIR/*.pcap[ng]; every file stem must be a class."""
-    from xdpnn.traffic.packets import read_pcap
+def read_captures(directory: str, classes: list[str]) -> dict[str, list[tuple[int, bytes]]]:
+    """{class: [(time_ns, frame)]} from DIR/*.pcap[ng]; every file stem must be a class."""
+    from xdpnn.traffic.packets import read_pcap_times
     d = Path(directory)
     if not d.is_dir():
         raise UsageError(f"evaluate: --pcaps {directory}: no such directory")
@@ -42,14 +42,19 @@ def read_captures(directory: str, classes: list[str]) -> dict[str, list[bytes]]:
             raise UsageError(f"evaluate: {p}: '{p.stem}' is not a class of the model "
                              f"({', '.join(classes)})")
         try:
-            out[p.stem] = read_pcap(str(p))
+            out[p.stem] = read_pcap_times(str(p))
         except Exception as e:  # scapy raises many kinds for a file that is not a pcap
             raise UsageError(f"evaluate: {p}: cannot read it as a pcap file ({e})") from None
     return out
 
 
-def evaluate(model: Model, captures: dict[str, list[bytes]], progress=None) -> dict:
+def evaluate(model: Model, captures: dict[str, list[tuple[int, bytes]]], progress=None) -> dict:
+    """Flow models replay each file in order with the capture's times (a
+    replay build: NN_FLOW_REPLAY_CLOCK), against the flow twin."""
+    from xdpnn.trainer import flows as flow_twin
     from xdpnn.traffic.capture import flow_key
+    flow_mode = model.mode == "flow"
+    table = flow_twin.FlowTable()
     port = model.input.get("port", DEFAULT_PORT)
     n = len(model.classes)
     packets = np.zeros((n, n), np.int64)
@@ -59,21 +64,25 @@ def evaluate(model: Model, captures: dict[str, list[bytes]], progress=None) -> d
     unclassified = Counter()  # frames the program does not classify, by input result
     mismatches, examples = 0, []
     started = time.monotonic()
-    prog = compile.build(model)
+    prog = compile.build(model, defines=("NN_FLOW_REPLAY_CLOCK",) if flow_mode else ())
     try:
         runner = testrun.Runner(prog, port)
         done = 0
         for name, frames in captures.items():
             true = model.classes.index(name)
             votes: dict = {}  # flow -> (Counter of classes, first class seen, order)
-            for frame in frames:
+            for now, frame in frames:
                 done += 1
                 if len(frame) < 14 or len(frame) > testrun.MAX_FRAME:
                     not_run["shorter than Ethernet" if len(frame) < 14
                             else f"longer than {testrun.MAX_FRAME} bytes"] += 1
                     continue
-                k = runner.run(frame)
-                ref_result, ref_cls, _ = testrun.expected(model, frame, port)
+                if flow_mode:
+                    k = runner.run(frame, time_ns=now)
+                    ref_result, ref_cls = flow_twin.run(model, [(now, frame)], table)[0]
+                else:
+                    k = runner.run(frame)
+                    ref_result, ref_cls, _ = testrun.expected(model, frame, port)
                 if (k.result, k.cls) != (ref_result, ref_cls):
                     mismatches += 1
                     if len(examples) < 5:
