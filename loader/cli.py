@@ -298,6 +298,11 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append(f"  {group}: {counts(group, s)}")
     for i, d in sides.items():
         lines.append(f"  from {i}: input {counts('input', d)}; verdict {counts('verdict', d)}")
+    if "flows" in s:
+        f = s["flows"]
+        lines.append("  flows: " + ", ".join(f"{k} {v}" for k, v in f["events"].items())
+                     + "; by class: " + (", ".join(f"{k} {v}" for k, v in f["classes"].items()
+                                                   if v) or "none"))
     for name, e in s.get("serve", {}).items():
         status = ", ".join(f"{k} {v}" for k, v in e["status"].items() if v) or "none"
         lines.append(f"  serve {name}: {e['requests']} requests, {e['replies']} replies; "

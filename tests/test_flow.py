@@ -115,3 +115,40 @@ def test_a_full_table_evicts_its_least_recent_flow_which_comes_back_as_new(flow_
     assert (counters() - before).tolist()[:2] == [2 * TABLE + 2, 0]
     info = bpf_sys.map_info(prog.maps["nn_flows"])
     assert info.max_entries == TABLE
+
+
+@pytest.mark.netns
+def test_attached_flow_model_caches_classes_and_stats_counts_flows(veth_pair, tmp_path):
+    """On a veth: a 2-packet UDP exchange (open), a TCP flow of 10 packets
+    (final at the 8th, two cached) and one ended by FIN at its 3rd."""
+    import json
+    import subprocess
+
+    from cli import xdpnn
+    from xdpnn.traffic.sender import send_frames
+    path = tmp_path / "flow.npz"
+    random_model([256, 16, 3], seed=5, mode="flow").save(str(path))
+    a, b = "198.18.0.1", "198.18.0.2"
+
+    def tcp(i, flags, sport, back=False):
+        ip = IP(src=b, dst=a) if back else IP(src=a, dst=b)
+        ports = dict(sport=80, dport=sport) if back else dict(sport=sport, dport=80)
+        return raw(Ether() / ip / TCP(flags=flags, seq=i, **ports) / Raw(b"x" * i))
+    frames = [raw(Ether() / IP(src=a, dst=b) / UDP(sport=5000, dport=53) / Raw(b"q" * 30)),
+              raw(Ether() / IP(src=b, dst=a) / UDP(sport=53, dport=5000) / Raw(b"r" * 90))]
+    frames += [tcp(i, "A", 40000, back=i % 2) for i in range(10)]
+    frames += [tcp(0, "S", 40001), tcp(1, "SA", 40001, back=True), tcp(2, "FA", 40001)]
+    for dev in ("xv0", "xv1"):
+        subprocess.run(["ip", "-n", veth_pair, "link", "set", dev, "up"], check=True)
+    xdpnn("-n", veth_pair, "attach", "xv1", "--model", path, check=True)
+    try:
+        assert send_frames(veth_pair, "xv0", frames) == len(frames)
+        s = json.loads(xdpnn("-n", veth_pair, "-j", "stats", "xv1", check=True).stdout)
+        text = xdpnn("-n", veth_pair, "stats", "xv1", check=True).stdout
+    finally:
+        xdpnn("-n", veth_pair, "detach", "xv1", check=True)
+    assert s["input"]["classified"] == len(frames)
+    assert s["flows"]["events"] == {"new": 3, "expired": 0, "final": 2, "cached": 2}
+    assert sum(s["flows"]["classes"].values()) == 3
+    assert sum(s["classes"].values()) == len(frames)
+    assert "flows: new 3, expired 0, final 2, cached 2; by class:" in text
