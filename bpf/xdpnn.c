@@ -13,7 +13,9 @@
  *                    baseline that inference is compared against;
  *   NN_REFLECT       the default path is XDP_TX (back out of the ingress port).
  * And NN_SERVE (attach --serve, payload models): requests with a header are
- * answered from here with XDP_TX (serve.h, docs/serving.md). */
+ * answered from here with XDP_TX (serve.h, docs/serving.md).
+ * Flow mode (NN_INPUT_FLOW, flow.h): the input is the packet's flow record,
+ * and a flow whose class is final skips inference. */
 #include "xdpnn_shared.h"
 
 #ifndef NN_INPUT_MODE

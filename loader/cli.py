@@ -354,6 +354,7 @@ def cmd_predict(args):
     model = datapath.load_model(args.model)
     if args.ebpf:
         return print_ebpf(model, record_input=True)
+    no_flow_models(model, args.model)
     frames = read_frames(args)
     for i, f in enumerate(frames):
         if len(f) < 14:  # the kernel refuses to test-run less than an Ethernet header
@@ -388,6 +389,14 @@ def cmd_predict(args):
     if not all(r["match"] for r in rows):
         raise errors.MismatchError("the kernel and the reference disagree on "
                                    f"{sum(not r['match'] for r in rows)} packet(s)")
+
+
+def no_flow_models(model, path) -> None:
+    """A flow model's class depends on the packets before: per-frame checks
+    do not apply; evaluate replays whole captures against the flow twin."""
+    if model.mode == "flow":
+        raise UsageError(f"{path}: a flow-mode model; use `xdpnn evaluate --model {path} "
+                         "--pcaps DIR`, which replays captures against the flow twin")
 
 
 def _name(model, cls):
@@ -499,6 +508,7 @@ def cmd_verify(args):
              else random_model_or_error(args.shape, args.seed, args.input))
     if args.ebpf:
         return print_ebpf(model)
+    no_flow_models(model, args.model)
 
     def progress(done, total):
         if not args.json and sys.stderr.isatty():
