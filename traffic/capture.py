@@ -381,21 +381,41 @@ class Capture:
                 job = queues[c].pop(0)
                 timeout = max(1.0, min(JOB_TIMEOUT, deadline - time.monotonic() + 2))
                 t0 = time.monotonic()
-                try:
-                    r = subprocess.run(["ip", "netns", "exec", self.cli, *job.argv],
-                                       input=job.stdin, capture_output=True, timeout=timeout,
-                                       start_new_session=True)
-                    ok = r.returncode == 0
-                    why = f"exited {r.returncode}: " + (r.stderr or r.stdout).decode(
-                        errors="replace").strip()[-160:]
-                except subprocess.TimeoutExpired:
-                    ok, why = False, f"killed after {timeout:.0f} s"  # by run()
+                code, output = self._client(job, timeout)
+                ok = code == 0
+                why = (f"killed after {timeout:.0f} s" if code is None else
+                       f"exited {code}: " + output.decode(errors="replace").strip()[-160:])
                 if not ok and len(res.notes) < 10:
                     res.notes.append(f"{c}: {Path(job.argv[0]).name} {why}")
                 res.classes[c]["jobs"] += 1
                 res.classes[c]["failed"] += not ok
                 self.progress(f"{c:<6} {'ok ' if ok else 'err'} {time.monotonic() - t0:5.1f} s  "
                               f"{' '.join(job.argv)[:90]}")
+
+    def _client(self, job: Job, timeout: float):
+        """(exit code or None if it ran out of time, its output); the client and
+        whatever it started (scp's ssh) are ended by their process group on a
+        timeout, Ctrl-C or SIGTERM."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.cli, *job.argv],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = p.communicate(job.stdin, timeout=timeout)
+            return p.returncode, out
+        except BaseException as e:
+            # Not reaped yet, so its process group id is still its own.
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                return None, b""
+            raise
+        finally:
+            for f in (p.stdin, p.stdout):
+                if f:
+                    f.close()
 
     def _job(self, cls: str) -> Job:
         return getattr(self, f"_job_{cls}")(self.rng)
