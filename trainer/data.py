@@ -53,6 +53,8 @@ def load(spec: str, levels: int | None = None, label_column: str | None = None,
          ) -> Dataset:
     """Reads a source named as in the module docstring."""
     kind, _, arg = spec.partition(":")
+    if input_mode == "flow" and kind != "pcaps":
+        raise DataError(f"data source '{spec}': flow mode trains on pcaps:DIR only")
     if kind == "digits" and not arg:
         return digits(levels or len(DIGITS_LEVELS))
     if kind == "mnist" and arg:
@@ -67,8 +69,6 @@ def load(spec: str, levels: int | None = None, label_column: str | None = None,
                               f"{split_seed})")
     if kind == "pcaps" and arg:
         return pcaps(Path(arg), input_mode or "headers")
-    if input_mode == "flow":
-        raise DataError(f"data source '{spec}': flow mode trains on pcaps:DIR only")
     raise DataError(f"data source '{spec}': expected digits, mnist:DIR, csv:FILE, traffic "
                     "or pcaps:DIR")
 
