@@ -69,7 +69,7 @@ def flow_prog():
 def test_kernel_flow_records_classes_and_counters_equal_the_twin(flow_prog):
     from xdpnn.loader import compile, maps, testrun
     model, prog = flow_prog
-    packets = random_packets(np.random.default_rng(11), 1200)
+    packets = random_packets(np.random.default_rng(11), 1000)
     runner = testrun.Runner(prog, 0)
     table = flows.FlowTable()
     before = compile.read_counters(prog.maps["nn_counters"])
@@ -87,12 +87,12 @@ def test_kernel_flow_records_classes_and_counters_equal_the_twin(flow_prog):
     now = compile.read_counters(prog.maps["nn_counters"])
     got = dict(zip(maps.FLOW_EVENTS, (now["flow"] - before["flow"]).tolist()))
     assert got == table.counters
-    assert table.counters["new"] == 1200 and table.counters["expired"] > 10
+    assert table.counters["new"] == 1000 and table.counters["expired"] > 10
     assert table.counters["final"] > 300 and table.counters["cached"] > 1000
     class_flows = (now["class_flows"] - before["class_flows"]).astype(np.int64)
     assert {c: int(v) for c, v in enumerate(class_flows) if v} == \
         {c: v for c, v in table.class_flows.items() if v}
-    assert len(packets) > 8000
+    assert len(packets) > 6000
 
 
 def test_a_full_table_evicts_its_least_recent_flow_which_comes_back_as_new(flow_prog):
