@@ -112,6 +112,10 @@ def test_capture_refuses_unknown_classes_before_making_anything(tmp_path):
     r = xdpnn("capture", "--out", tmp_path / "x", "--classes", "dns,smtp", "-j")
     assert r.returncode == 2 and "smtp" in json.loads(r.stdout)["error"]
     assert namespaces() == before and not (tmp_path / "x").exists()
+    (tmp_path / "f").write_text("")
+    r = xdpnn("capture", "--out", tmp_path / "f", "--classes", "dns")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a directory" in r.stderr
+    assert namespaces() == before
 
 
 def test_sigterm_ends_every_server_and_deletes_the_namespaces(tmp_path):

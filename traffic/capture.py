@@ -192,6 +192,12 @@ class Capture:
 
     def run(self) -> Result:
         check_tools(self.classes)
+        # The output folder first: a capture that cannot be written is not run.
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"capture: --out {self.out}: not a directory")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.out, os.W_OK):
+            raise UsageError(f"capture: --out {self.out}: not writable")
         started = time.monotonic()
         res = Result(str(self.out), self.seed)
         # Ctrl-C and SIGTERM unwind through the finally below (the CLI turns
