@@ -1,5 +1,5 @@
 # The README's commands.  Each target runs the idempotent set-up first.
-.PHONY: setup demo test bench vm-test clean default-model
+.PHONY: setup demo test bench vm-test clean default-model traffic-model
 
 PYTEST_ARGS ?=
 
@@ -26,3 +26,17 @@ clean:
 # Retrains the demo's model on scikit-learn's digits; seed 0 gives the same weights.
 default-model: setup
 	.venv/bin/xdpnn train --data digits --hidden 128 --seed 0 --out models/digits-default.npz
+
+# Captures real servers and clients (xdpnn capture, namespaces of its own),
+# trains a flow-mode model (models/traffic-default.npz) and a headers-mode
+# one on it, and measures both on a capture of another seed they never saw.
+TRAFFIC ?= results/traffic
+traffic-model: setup
+	.venv/bin/xdpnn capture --out $(TRAFFIC)/train --seed 1 --flows 40 --seconds 120
+	.venv/bin/xdpnn capture --out $(TRAFFIC)/unseen --seed 2 --flows 20 --seconds 60
+	.venv/bin/xdpnn train --data pcaps:$(TRAFFIC)/train --input flow --hidden 128 --seed 0 \
+		--out models/traffic-default.npz
+	.venv/bin/xdpnn train --data pcaps:$(TRAFFIC)/train --input headers --hidden 64 \
+		--epochs 30 --seed 0 --out models/traffic-headers.npz
+	.venv/bin/xdpnn evaluate --model models/traffic-default.npz --pcaps $(TRAFFIC)/unseen
+	.venv/bin/xdpnn evaluate --model models/traffic-headers.npz --pcaps $(TRAFFIC)/unseen

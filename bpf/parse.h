@@ -199,9 +199,13 @@ copied:
 	x[NN_IN_WORDS - 1] &= NN_IN_TAIL_MASK;
 	return NN_IN_CLASSIFIED;
 }
+#elif NN_INPUT_MODE == NN_INPUT_FLOW
+/* Flow mode: bpf/flow.h builds the input from the flow table. */
 #else
-#error "NN_INPUT_MODE must be NN_INPUT_PAYLOAD or NN_INPUT_HEADERS"
+#error "NN_INPUT_MODE must be NN_INPUT_PAYLOAD, NN_INPUT_HEADERS or NN_INPUT_FLOW"
 #endif
+
+#if NN_INPUT_MODE != NN_INPUT_FLOW
 
 /* The model's input bits from a frame (into x), or the reason it has none. */
 static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_config *cfg,
@@ -215,5 +219,6 @@ static __always_inline int extract_input(struct xdp_md *ctx, const struct nn_con
 		return r;
 	return mode_input(l3, data_end, cfg, x, record);
 }
+#endif
 
 #endif

@@ -86,4 +86,7 @@ TX_TARGETS = DEFINES["NN_TX_TARGETS"]
 TX_SLOTS = DEFINES["NN_TX_SLOTS"]
 SERVE_STATUS = python_names(ENUMS["nn_srv_status"])    # ok, bad_magic, ...
 SRV = {k[len("NN_SRV_"):].lower(): v for k, v in DEFINES.items() if k.startswith("NN_SRV_")}
-INPUT_MODES = {"payload": DEFINES["NN_INPUT_PAYLOAD"], "headers": DEFINES["NN_INPUT_HEADERS"]}
+INPUT_MODES = {"payload": DEFINES["NN_INPUT_PAYLOAD"], "headers": DEFINES["NN_INPUT_HEADERS"],
+               "flow": DEFINES["NN_INPUT_FLOW"]}
+FLOW_EVENTS = python_names(ENUMS["nn_flow_event"])     # new, expired, final, cached
+FLOW = {k[len("NN_FLOW_"):].lower(): v for k, v in DEFINES.items() if k.startswith("NN_FLOW_")}

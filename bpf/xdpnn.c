@@ -20,7 +20,10 @@
  * another id (tailcall.h).  Each added model is this same file built for
  * its own shape with NN_MODEL_ID=<id> and NN_PIN_DIR=<the attached
  * program's pin folder>: it has its own model map, scratch and counters,
- * and shares the interface's nn_config and nn_serve. */
+ * and shares the interface's nn_config and nn_serve.
+ *
+ * Flow mode (NN_INPUT_FLOW, flow.h): the input is the packet's flow record,
+ * and a flow whose class is final skips inference. */
 #include "xdpnn_shared.h"
 
 #ifndef NN_MODEL_ID
@@ -39,6 +42,9 @@ _Static_assert(NN_MODEL_ID >= 0 && NN_MODEL_ID < NN_SRV_MODELS, "a model id inde
 #include "parse.h"
 #include "bnn.h"
 #include "tailcall.h"
+#if NN_INPUT_MODE == NN_INPUT_FLOW
+#include "flow.h"
+#endif
 #ifdef NN_SERVE
 #include "serve.h"
 #endif
@@ -102,6 +108,37 @@ BPF_PERCPU_ARRAY(nn_scratch, struct nn_scratch, 1);
  * the programs, read by `xdpnn stats`.  Declared in every build, so every
  * datapath pins the same maps; shared by the interface's programs. */
 NN_SHARED("percpu_array", struct nn_serve_counters, nn_serve, NN_SRV_MODELS + 1);
+
+#if NN_INPUT_MODE == NN_INPUT_FLOW
+/* Flow mode (flow.h): the flow table, written by the program only.  LRU:
+ * when it is full, the least recently used flow makes room (and comes back
+ * as a new flow). */
+BPF_TABLE("lru_hash", struct nn_flow_key, struct nn_flow, nn_flows, NN_FLOW_ENTRIES);
+/* Replay builds (evaluate, tests): the packet's time, written by the loader
+ * before each test run, so that gaps are the capture's, not the test's. */
+BPF_ARRAY(nn_flow_clock, __u64, 1);
+
+static __always_inline struct nn_flow *flow_lookup(struct nn_flow_key *key)
+{
+	return nn_flows.lookup(key);
+}
+
+static __always_inline void flow_insert(struct nn_flow_key *key, struct nn_flow *value)
+{
+	nn_flows.update(key, value);
+}
+
+static __always_inline __u64 flow_now(void)
+{
+#ifdef NN_FLOW_REPLAY_CLOCK
+	__u32 zero = 0;
+	__u64 *t = nn_flow_clock.lookup(&zero);
+	return t ? *t : 0;
+#else
+	return bpf_ktime_get_ns();
+#endif
+}
+#endif
 
 #ifdef NN_RECORD_INPUT
 /* Debug builds only (predict, tests): the last input the model saw. */
@@ -169,6 +206,9 @@ int xdpnn(struct xdp_md *ctx)
 	if (r == NN_IN_REQUEST_ERROR && s->req.status == NN_SRV_UNKNOWN_MODEL)
 		nn_progs.call(ctx, s->req.counters); /* BCC: bpf_tail_call() */
 #endif
+#elif NN_INPUT_MODE == NN_INPUT_FLOW
+	struct nn_flow *flow = NULL;
+	int r = flow_input(ctx, c, s->a, &flow);
 #else
 	int r = extract_input(ctx, cfg, s->a, s->record);
 #endif
@@ -190,13 +230,24 @@ int xdpnn(struct xdp_md *ctx)
 		return verdict(c, forward(ctx, cfg));
 	}
 	c->input[NN_IN_CLASSIFIED]++;
+	__u32 cls;
+#if NN_INPUT_MODE == NN_INPUT_FLOW
+	if (!flow)
+		return verdict(c, forward(ctx, cfg)); /* cannot happen: flow_input sets it */
+	if (flow_cached(c, flow, &cls))
+		goto classified;
+#endif
 
 	void *inner = nn_model.lookup(&zero);
 	struct nn_model_words *model = inner ? bpf_map_lookup_elem(inner, &zero) : NULL;
 	if (!model)
 		return verdict(c, forward(ctx, cfg));
 	const __u64 *m = model->w;
-	__u32 cls = bnn_infer(m, s->a, s->b) & (NN_MAX_CLASSES - 1);
+	cls = bnn_infer(m, s->a, s->b) & (NN_MAX_CLASSES - 1);
+#if NN_INPUT_MODE == NN_INPUT_FLOW
+	flow_classified(c, flow, cls);
+classified:
+#endif
 	c->class_packets[cls]++;
 #ifdef NN_RECORD_INPUT
 	if (last)

@@ -12,10 +12,29 @@
 /* Input modes, chosen at compile time by -DNN_INPUT_MODE. */
 #define NN_INPUT_PAYLOAD 0 /* the first bytes of a UDP payload to a port */
 #define NN_INPUT_HEADERS 1 /* a feature record built from L3/L4 headers */
+#define NN_INPUT_FLOW 2    /* a record of the flow's first packets (bpf/flow.h) */
 
 /* Headers mode: the fixed 32-byte feature record (docs/datapath.md). */
 #define NN_FEATURE_BYTES 32
 #define NN_FEATURE_PAYLOAD 16 /* L4 payload bytes copied into the record */
+
+/* Flow mode (docs/datapath.md, "Flow mode"): the 32-byte flow record keeps
+ * the first NN_FLOW_PACKETS packets of a flow; the class is final at the
+ * last of them or at a TCP FIN or RST, and later packets take it without
+ * inference.  A flow idle longer than NN_FLOW_TIMEOUT_MS starts over. */
+#define NN_FLOW_PACKETS 8
+#define NN_FLOW_PAYLOAD 8        /* payload bytes kept of each direction */
+#define NN_FLOW_TIMEOUT_MS 30000
+#define NN_FLOW_NO_CLASS 255
+
+/* Flow-table events (nn_counters.flow). */
+enum nn_flow_event {
+	NN_FLOW_NEW = 0,    /* a flow entered the table (evicted ones come back as new) */
+	NN_FLOW_EXPIRED,    /* a packet found its flow idle too long: the flow started over */
+	NN_FLOW_FINAL,      /* a flow's class became final */
+	NN_FLOW_CACHED,     /* packets that took their flow's final class without inference */
+	NN_FLOW__COUNT,
+};
 
 /* The attach record (JSON) in nn_meta; written and read by the loader only. */
 #define NN_META_BYTES 16384
@@ -78,6 +97,11 @@ struct nn_counters {
 	__u64 input[NN_IN__COUNT];       /* enum nn_input_result */
 	__u64 verdict[NN_VERDICT__COUNT]; /* enum nn_verdict */
 	__u64 class_packets[NN_MAX_CLASSES];
+	__u64 flow[NN_FLOW__COUNT];        /* flow mode: enum nn_flow_event */
+	/* Flow mode: flows by their latest class.  A flow that changes class
+	 * adds one here and takes one there, maybe on another CPU: a CPU's
+	 * value can wrap below zero, the sum over CPUs is right. */
+	__u64 class_flows[NN_MAX_CLASSES];
 };
 
 /* Serving (attach --serve, docs/serving.md): a request is a UDP datagram to

@@ -301,6 +301,11 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append(f"  {group}: {counts(group, s)}")
     for i, d in sides.items():
         lines.append(f"  from {i}: input {counts('input', d)}; verdict {counts('verdict', d)}")
+    if "flows" in s:
+        f = s["flows"]
+        lines.append("  flows: " + ", ".join(f"{k} {v}" for k, v in f["events"].items())
+                     + "; by class: " + (", ".join(f"{k} {v}" for k, v in f["classes"].items()
+                                                   if v) or "none"))
     for name, e in s.get("serve", {}).items():
         status = ", ".join(f"{k} {v}" for k, v in e["status"].items() if v) or "none"
         lines.append(f"  serve {name}: {e['requests']} requests, {e['replies']} replies; "
@@ -359,6 +364,7 @@ def cmd_predict(args):
     model = datapath.load_model(args.model)
     if args.ebpf:
         return print_ebpf(model, record_input=True)
+    no_flow_models(model, args.model)
     frames = read_frames(args)
     for i, f in enumerate(frames):
         if len(f) < 14:  # the kernel refuses to test-run less than an Ethernet header
@@ -395,6 +401,14 @@ def cmd_predict(args):
                                    f"{sum(not r['match'] for r in rows)} packet(s)")
 
 
+def no_flow_models(model, path) -> None:
+    """A flow model's class depends on the packets before: per-frame checks
+    do not apply; evaluate replays whole captures against the flow twin."""
+    if model.mode == "flow":
+        raise UsageError(f"{path}: a flow-mode model; use `xdpnn evaluate --model {path} "
+                         "--pcaps DIR`, which replays captures against the flow twin")
+
+
 def _name(model, cls):
     return None if cls is None else model.classes[cls]
 
@@ -413,6 +427,77 @@ def read_frames(args) -> list[bytes]:
     if not frames:
         raise UsageError(f"--pcap {args.pcap}: no packets in it")
     return frames
+
+
+@command("evaluate", "a model's per-packet and per-flow accuracy on labeled captures, as the "
+                     "kernel classifies them", """
+  sudo xdpnn evaluate --model traffic.npz --pcaps captures/
+  sudo xdpnn evaluate --model traffic.npz --pcaps captures/ -j
+
+DIR holds one pcap per class, named after it (dns.pcap, ...), as `xdpnn
+capture` writes them.  A flow (both directions of a 5-tuple) takes the
+majority of its packets' classes.  Exit code 6 if the kernel and the Python
+reference disagree on any frame.""", options=[
+    arg("--model", required=True, metavar="FILE"),
+    arg("--pcaps", required=True, metavar="DIR", help="one pcap per class, file name = class"),
+])
+def cmd_evaluate(args):
+    from xdpnn.loader import datapath, evaluate
+    model = datapath.load_model(args.model)
+    captures = evaluate.read_captures(args.pcaps, model.classes)
+
+    def progress(done):
+        if not args.json and sys.stderr.isatty():
+            print(f"\r  {done} frames", end="", file=sys.stderr, flush=True)
+    rep = evaluate.evaluate(model, captures, progress)
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)
+    out(args, rep, evaluate.format_report(rep))
+    if rep["reference_mismatches"]:
+        return errors.MismatchError.exit_code
+
+
+@command("capture", "record labeled pcaps of real servers and clients (DNS, NTP, HTTP, TLS, "
+                    "SSH, QUIC, other) in namespaces of its own", """
+  sudo xdpnn capture --out captures/                    20 flows per class, at most 60 s
+  sudo xdpnn capture --out unseen/ --seed 7 --seconds 30 --flows 10
+  sudo xdpnn capture --out dns-only/ --classes dns,other --seconds 5 -j
+
+Writes DIR/<class>.pcap.  Servers listen on 198.18.0.2 in the namespace
+<prefix>-srv only; clients run in <prefix>-cli; both are deleted on exit
+(Ctrl-C included), with every process the command started.""", options=[
+    arg("--out", required=True, metavar="DIR", help="where to write <class>.pcap"),
+    arg("--seed", type=SEED, default=0, help="seed of the client commands and options (0)"),
+    arg("--seconds", type=float_in(0, 3600), default=60.0,
+        help="stop starting clients after this long (60)"),
+    arg("--flows", type=int_in(1, 10_000), default=20,
+        help="client commands per class (20); each makes one or more flows"),
+    arg("--classes", metavar="LIST",
+        type=_typed(lambda t: t.split(","), "class names joined by ','"),
+        help="some of dns,ntp,http,tls,ssh,quic,other (all)"),
+    arg("--max-frames", type=int_in(1, 10**7), default=200_000,
+        help="stop recording after this many frames (200000)"),
+    arg("--prefix", type=NETNS, metavar="NAME",
+        help="namespace name prefix (flowcap-<pid>)"),
+])
+def cmd_capture(args):
+    from xdpnn.traffic import capture
+    progress = (None if args.json or not sys.stderr.isatty()
+                else lambda text: print("  " + text, file=sys.stderr, flush=True))
+    res = capture.run(args.out, seed=args.seed, seconds=args.seconds, classes=args.classes,
+                      prefix=args.prefix, flows=args.flows, max_frames=args.max_frames,
+                      progress=progress)
+    rep = vars(res)
+    lines = [f"captured {sum(c.get('frames', 0) for c in res.classes.values())} frames in "
+             f"{res.seconds} s (seed {res.seed}) into {res.out}/",
+             f"  {'class':<8}{'clients':>8}{'failed':>8}{'flows':>8}{'frames':>9}"]
+    for c, v in res.classes.items():
+        lines.append(f"  {c:<8}{v['jobs']:>8}{v['failed']:>8}{v.get('flows', 0):>8}"
+                     f"{v.get('frames', 0):>9}")
+    lines.append(f"  frames of no service (left out): {res.unlabeled}; lost by the capture "
+                 f"socket: {res.dropped}")
+    lines += [f"  note: {n}" for n in res.notes]
+    out(args, rep, "\n".join(lines))
 
 
 @command("verify", "random inputs through the kernel and the reference; exit code 6 on any "
@@ -436,6 +521,7 @@ def cmd_verify(args):
              else random_model_or_error(args.shape, args.seed, args.input))
     if args.ebpf:
         return print_ebpf(model)
+    no_flow_models(model, args.model)
     oracle, against = None, "reference"
     if args.graph is not None:
         n, classes_of = _graph_step(lambda: framework(args.graph))
@@ -896,6 +982,7 @@ def cmd_serve_userspace(args):
   xdpnn train --data csv:flows.csv --label-column app --levels 8 --out flows.npz
   xdpnn train --data traffic --hidden 64 --out traffic.npz             (headers mode)
   xdpnn train --data pcaps:captures/ --out apps.npz                    (one pcap per class)
+  xdpnn train --data pcaps:captures/ --input flow --out flows.npz      (flow mode)
 
 exit code {errors.DataError.exit_code}: the data source cannot be read (the message names the \
 file and the problem)""", root=False, options=[
@@ -919,6 +1006,9 @@ file and the problem)""", root=False, options=[
     arg("--label-column", metavar="NAME", help="csv: the label column (the last)"),
     arg("--port", type=PORT, default=DEFAULT_PORT,
         help=f"payload models: UDP port of requests ({DEFAULT_PORT})"),
+    arg("--input", choices=("headers", "flow"),
+        help="pcaps:DIR: one input per packet (headers, the default) or per flow record "
+             "(flow mode)"),
 ])
 def cmd_train(args):
     from xdpnn.trainer import data, train
@@ -928,7 +1018,8 @@ def cmd_train(args):
                        test_fraction=args.test_fraction)
     try:
         ds = data.load(args.data, levels=args.levels, label_column=args.label_column,
-                       split_seed=args.seed, test_fraction=args.test_fraction)
+                       split_seed=args.seed, test_fraction=args.test_fraction,
+                       input_mode=args.input)
         model = train.train(ds, cfg, port=args.port, progress=None if args.json else print)
     except data.DataError as e:
         raise errors.DataError(str(e)) from None

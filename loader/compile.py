@@ -121,6 +121,8 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
     text, cflags = source_and_flags(model, record_input, defines, methods)
     names = ("nn_model_words",) + (maps.ADDED_MAP_NAMES if added_to else maps.MAP_NAMES) \
         + (("nn_last",) if record_input else ())
+    if model.mode == "flow":
+        names += ("nn_flows", "nn_flow_clock")
     what = f"model {model.shape}" + (f" (id {model_id})" if added_to else "")
     prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, what)
     prog = Program(prog_fd=prog_fd, maps=fds, model=model, cflags=cflags,

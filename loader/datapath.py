@@ -166,9 +166,9 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         _validate(model, model_path)
     if port is not None and not 1 <= port <= 65535:
         raise UsageError(f"--port {port}: expected 1..65535")
-    if port is not None and model.mode == "headers":
-        raise UsageError(f"--port {port}: headers mode has no request port (it classifies "
-                         "every IPv4 packet)")
+    if port is not None and model.mode != "payload":
+        raise UsageError(f"--port {port}: {model.mode} mode has no request port (it "
+                         "classifies every IPv4 packet)")
     if serve and model.mode != "payload":
         raise UsageError("--serve: serving reads inputs from requests, so it needs payload "
                          "input (--input payload)")
@@ -466,6 +466,11 @@ def stats(iface: str, ns: str | None) -> dict:
     out = {"iface": iface, "netns": ns, "time": time.time(), **named(total),
            "ingress": {name: named(c) for name, c in zip((rec["iface"], rec.get("peer")), sides)
                        if name}}
+    if rec.get("input") == "flow":
+        # Flows by their latest class; the sum over CPUs is taken modulo 2^64.
+        out["flows"] = {"events": {n: int(v) for n, v in zip(maps.FLOW_EVENTS, total["flow"])},
+                        "classes": {name: int(total["class_flows"][k].astype("int64"))
+                                    for k, name in enumerate(classes)}}
     if serving:
         # Per model id; ids without a model show only if something asked for them.
         out["serve"] = {f"model {k}" if k < maps.SRV["models"] else "other": e
@@ -545,7 +550,7 @@ def set_options(iface: str, ns: str | None, actions: list[str], port: int | None
         new = parse_actions(actions, classes, current)
         if port is not None:
             if rec["input"] != "payload":
-                raise UsageError(f"--port: {iface} runs in headers mode, which has no port")
+                raise UsageError(f"--port: {iface} runs in {rec['input']} mode, which has no port")
             if not 1 <= port <= 65535:
                 raise UsageError(f"--port {port}: expected 1..65535")
             cfg.udp_port = port

@@ -50,6 +50,12 @@ class Collector:
             "xdpnn_model", "The model a datapath runs",
             labels=["iface", "netns", "shape", "sha256", "model_map_id", "input", "path",
                     "attached_at"])
+        flow_events = core.CounterMetricFamily(
+            "xdpnn_flow_events", "Flow mode: flow-table events (new, expired, final, cached)",
+            labels=["iface", "netns", "event"])
+        flows = core.GaugeMetricFamily(
+            "xdpnn_flows", "Flow mode: flows by their latest class", labels=["iface", "netns",
+                                                                           "class"])
         attached = core.GaugeMetricFamily(
             "xdpnn_attach_time_seconds", "When the datapath was attached (Unix time)",
             labels=["iface", "netns"])
@@ -86,6 +92,10 @@ class Collector:
                 serve["replies"].add_metric(at, c["replies"])
                 for name, v in c["status"].items():
                     serve["status_requests"].add_metric(at + [name], v)
+            for name, v in s.get("flows", {}).get("events", {}).items():
+                flow_events.add_metric([key[0], ns, name], v)
+            for name, v in s.get("flows", {}).get("classes", {}).items():
+                flows.add_metric([key[0], ns, name], v)
             m = rec["model"]
             model.add_metric([key[0], ns], {
                 "shape": m["shape"], "sha256": m["sha256"],
@@ -93,7 +103,8 @@ class Collector:
                 "path": m["path"], "attached_at": rec["attached_at"]})
             attached.add_metric([key[0], ns], datetime.strptime(
                 rec["attached_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp())
-        yield from (classes, inputs, verdicts, model, attached, *serve.values())
+        yield from (classes, inputs, verdicts, flow_events, flows, model, attached,
+                    *serve.values())
 
 
 class _QuietHandler(WSGIRequestHandler):

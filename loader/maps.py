@@ -12,8 +12,8 @@ import ctypes
 
 import numpy as np
 
-from xdpnn.bpf.shared import (ACTIONS, INPUT_RESULTS, MAX_CLASSES, META_BYTES,  # noqa: F401
-                              SERVE_STATUS, SIDES, SRV, TX_SLOTS, TX_TARGETS, VERDICTS)
+from xdpnn.bpf.shared import (ACTIONS, FLOW_EVENTS, INPUT_RESULTS, MAX_CLASSES,  # noqa: F401
+                              META_BYTES, SERVE_STATUS, SIDES, SRV, TX_SLOTS, TX_TARGETS, VERDICTS)
 
 # The maps a build hands out and an attach pins, by the names in bpf/xdpnn.c.
 MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta", "nn_serve",
@@ -33,7 +33,9 @@ class Config(ctypes.Structure):
 class Counters(ctypes.Structure):
     _fields_ = [("input", ctypes.c_uint64 * len(INPUT_RESULTS)),
                 ("verdict", ctypes.c_uint64 * len(VERDICTS)),
-                ("class_packets", ctypes.c_uint64 * MAX_CLASSES)]
+                ("class_packets", ctypes.c_uint64 * MAX_CLASSES),
+                ("flow", ctypes.c_uint64 * len(FLOW_EVENTS)),
+                ("class_flows", ctypes.c_uint64 * MAX_CLASSES)]
 
 
 class ServeCounters(ctypes.Structure):
@@ -48,9 +50,12 @@ def sum_counters(raw: bytes, n_cpus: int) -> dict[str, np.ndarray]:
     """One entry's per-CPU counter values (as read from the map) summed over CPUs."""
     # Per-CPU values are laid out one per CPU, each rounded up to 8 bytes.
     per_cpu = np.frombuffer(raw, "<u8").reshape(n_cpus, -1).sum(axis=0)
-    a, b = len(INPUT_RESULTS), len(VERDICTS)
+    a, b, f = len(INPUT_RESULTS), len(VERDICTS), len(FLOW_EVENTS)
+    c = a + b + MAX_CLASSES
     return {"input": per_cpu[:a], "verdict": per_cpu[a:a + b],
-            "class_packets": per_cpu[a + b:a + b + MAX_CLASSES]}
+            "class_packets": per_cpu[a + b:c], "flow": per_cpu[c:c + f],
+            # Per-CPU parts may wrap below zero (xdpnn_shared.h); the sum is right.
+            "class_flows": per_cpu[c + f:c + f + MAX_CLASSES]}
 
 
 def sum_serve(raw: bytes, n_cpus: int) -> dict:

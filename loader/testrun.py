@@ -46,9 +46,14 @@ class Runner:
         self.counters = compile.read_counters(prog.maps["nn_counters"])
         self.n_cpus = bpf_sys.possible_cpus()
 
-    def run(self, frame: bytes) -> Outcome:
+    def run(self, frame: bytes, time_ns: int | None = None) -> Outcome:
+        """time_ns: flow-mode replay builds (NN_FLOW_REPLAY_CLOCK) take it as the
+        packet's time."""
         if self.prog.record_input:
             self._mark_last()
+        if time_ns is not None:
+            bpf_sys.map_update(self.prog.maps["nn_flow_clock"], 0,
+                               int(time_ns).to_bytes(8, "little"), "nn_flow_clock")
         verdict, _, _ = bpf_sys.test_run(self.prog.prog_fd, frame)
         now = compile.read_counters(self.prog.maps["nn_counters"])
         d_input = now["input"] - self.counters["input"]

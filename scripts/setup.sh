@@ -18,6 +18,9 @@ say() { echo "setup: $*"; }
 # gcc and libc6-dev: the user-space baselines and servers (bench, serve-userspace)
 # are C compiled at run time for each model.
 PKGS="python3-bpfcc libbpf1 python3-pyroute2 python3-prometheus-client iproute2 python3-venv python3-pip python3-setuptools python3-wheel vagrant gcc libc6-dev"
+# `xdpnn capture`: real servers and clients, run only inside its namespaces
+# (chrony replaces systemd-timesyncd, which Debian makes it conflict with).
+PKGS="$PKGS dnsmasq-base dnsutils chrony nginx-light openssh-server openssh-client curl wget openssl ngtcp2-server ngtcp2-client iperf3 iputils-ping ethtool"
 if [ "${1:-}" = --packages ]; then
 	echo "$PKGS"
 	exit 0
@@ -50,7 +53,17 @@ if [ -n "$missing" ]; then
 	say "installing Debian packages:$missing"
 	export DEBIAN_FRONTEND=noninteractive
 	[ -n "${HEADERS_FALLBACK:-}" ] || apt-get update -qq
+	# Debian starts a server's service on install (nginx, sshd, chrony...):
+	# policy-rc.d refuses, so nothing listens outside xdpnn's namespaces.
+	# One left by someone else is kept as it is.
+	policy=/usr/sbin/policy-rc.d
+	if [ ! -e $policy ]; then
+		printf '#!/bin/sh\n# xdpnn setup: no service starts during its apt-get install\nexit 101\n' > $policy
+		chmod 755 $policy
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
 	apt-get install -y -qq --no-install-recommends $missing >/dev/null
+	if [ "$(trap -p EXIT)" ]; then rm -f $policy; trap - EXIT; fi
 fi
 if [ -n "${HEADERS_FALLBACK:-}" ]; then
 	# Debian splits its headers into an arch folder and a common folder;

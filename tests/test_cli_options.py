@@ -45,6 +45,8 @@ def bases(tmp, ns):
         "serve-userspace": (["-n", ns], ["serve-userspace"], [], {"--model": missing}),
         "import": ([], ["import"], [str(tmp / "missing.onnx")], {"--out": str(tmp / "i.npz")}),
         "export": ([], ["export"], [missing], {"--out": str(tmp / "e.onnx")}),
+        "evaluate": ([], ["evaluate"], [], {"--model": missing, "--pcaps": str(tmp)}),
+        "capture": ([], ["capture"], [], {"--out": str(tmp / "c"), "--classes": "none"}),
     }
 
 

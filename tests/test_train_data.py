@@ -164,6 +164,36 @@ def test_pcaps_empty_capture(tmp_path):
         data.load(f"pcaps:{tmp_path}")
 
 
+def test_pcaps_flow_mode_samples_are_the_twins_records(tmp_path):
+    """One sample per inference the flow datapath makes, in capture order."""
+    from scapy.all import IP, TCP, Ether, raw
+    from scapy.data import DLT_EN10MB
+    from scapy.utils import RawPcapWriter
+
+    from xdpnn.trainer import flows
+    from xdpnn.traffic.packets import read_pcap_times
+    for name, dport in (("web", 80), ("mail", 25)):
+        w = RawPcapWriter(str(tmp_path / f"{name}.pcap"), linktype=DLT_EN10MB)
+        w.write_header(None)
+        for i in range(11):  # 11 packets: the class is final at the 8th
+            back = i % 2
+            ip = IP(src="198.18.0.2", dst="198.18.0.1") if back else IP(src="198.18.0.1",
+                                                                         dst="198.18.0.2")
+            ports = dict(sport=dport, dport=4000) if back else dict(sport=4000, dport=dport)
+            w.write_packet(raw(Ether() / ip / TCP(flags="A", **ports) / (b"x" * 40 * i)),
+                           sec=1000 + i, usec=i * 1000)
+        w.close()
+    ds = data.load(f"pcaps:{tmp_path}", input_mode="flow")
+    assert ds.mode == "flow" and ds.classes == ["mail", "web"]
+    assert ds.bits.shape == (16, 256)
+    table = flows.FlowTable()
+    recs = [table.step(t, f)[1] for t, f in read_pcap_times(str(tmp_path / "mail.pcap"))[:8]]
+    assert np.array_equal(ds.bits[:8], np.stack([flows.record_bits(r, 256) for r in recs]))
+    assert ds.bits[7, 4 * 8:12 * 8].reshape(8, 8)[:, 0].all()  # all 8 packets present
+    with pytest.raises(DataError, match="flow mode trains on pcaps:DIR only"):
+        data.load("digits", input_mode="flow")
+
+
 def test_pcaps_need_two_classes(tmp_path):
     with pytest.raises(DataError, match="no such directory"):
         data.load(f"pcaps:{tmp_path / 'missing'}")

@@ -2,7 +2,7 @@
 
 Seven classes of frames with the header and payload structure of real
 applications: DNS queries, NTP client requests, HTTP requests, TLS
-ClientHellos, SSH banners, QUIC Initial packets, and background traffic
+ClientHellos, SSH banners, QUIC Initial packets, and other traffic
 (TCP segments, UDP datagrams and ICMP to random ports).  Addresses vary over
 198.18.0.0/15 only; ports, lengths, TTLs, TCP windows and options vary the
 way client stacks make them vary.  The same seed gives the same frames.
@@ -28,7 +28,7 @@ from scapy.all import DNS, DNSQR, ICMP, IP, TCP, UDP, Ether, Raw, raw  # noqa: E
 from xdpnn.traffic import packets  # noqa: E402
 from xdpnn.traffic.packets import DST_MAC, SRC_MAC  # noqa: E402
 
-CLASSES = ("dns", "ntp", "http", "tls", "ssh", "quic", "background")
+CLASSES = ("dns", "ntp", "http", "tls", "ssh", "quic", "other")
 DEFAULT_PER_CLASS = 300
 
 NAMES = ("example", "mail", "cdn", "api", "static", "login", "update", "img", "search", "news")
@@ -131,7 +131,7 @@ def quic(rng) -> bytes:
     return _ip(rng) / UDP(sport=_sport(rng), dport=443) / Raw(body)
 
 
-def background(rng) -> bytes:
+def other(rng) -> bytes:
     """Other traffic: TCP handshakes, acks and data, UDP and ICMP; half of it
     to the same well-known ports as the application classes (the rest of
     those connections), so a port alone does not give the class away."""
@@ -150,7 +150,7 @@ def background(rng) -> bytes:
 
 
 BUILDERS = {"dns": dns, "ntp": ntp, "http": http, "tls": tls, "ssh": ssh, "quic": quic,
-            "background": background}
+            "other": other}
 
 
 def generate(per_class: int = DEFAULT_PER_CLASS, seed: int = 0) -> dict[str, list[bytes]]:

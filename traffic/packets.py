@@ -54,6 +54,23 @@ def read_pcap(path: str) -> list[bytes]:
     return frames
 
 
+def read_pcap_times(path: str) -> list[tuple[int, bytes]]:
+    """(capture time in ns, frame) of each packet, frames as read_pcap gives them."""
+    out = []
+    with RawPcapReader(path) as reader:
+        for data, meta in reader:
+            if hasattr(meta, "tshigh"):  # pcapng: in units of tsresol per second
+                ticks = (meta.tshigh << 32) | meta.tslow
+                ns = ticks * 10**9 // getattr(meta, "tsresol", 10**6)
+            else:
+                ns = meta.sec * 10**9 + meta.usec * (1 if getattr(reader, "nano", False)
+                                                     else 1000)
+            linktype = getattr(meta, "linktype", None)
+            out.append((ns, as_ethernet(bytes(data), reader.linktype if linktype is None
+                                        else linktype, len(out))))
+    return out
+
+
 def as_ethernet(data: bytes, linktype: int, index: int = 0) -> bytes:
     if linktype == DLT_EN10MB:
         return data

@@ -49,9 +49,12 @@ class Dataset:
 
 
 def load(spec: str, levels: int | None = None, label_column: str | None = None,
-         split_seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+         split_seed: int = 0, test_fraction: float = 0.25, input_mode: str | None = None
+         ) -> Dataset:
     """Reads a source named as in the module docstring."""
     kind, _, arg = spec.partition(":")
+    if input_mode == "flow" and kind != "pcaps":
+        raise DataError(f"data source '{spec}': flow mode trains on pcaps:DIR only")
     if kind == "digits" and not arg:
         return digits(levels or len(DIGITS_LEVELS))
     if kind == "mnist" and arg:
@@ -65,7 +68,7 @@ def load(spec: str, levels: int | None = None, label_column: str | None = None,
         return frames_dataset(dataset.generate(seed=split_seed), "traffic (generated, seed "
                               f"{split_seed})")
     if kind == "pcaps" and arg:
-        return pcaps(Path(arg))
+        return pcaps(Path(arg), input_mode or "headers")
     raise DataError(f"data source '{spec}': expected digits, mnist:DIR, csv:FILE, traffic "
                     "or pcaps:DIR")
 
@@ -274,11 +277,12 @@ def frames_dataset(frames_by_class: dict[str, list[bytes]], source: str) -> Data
                     "what": "the 32-byte header record of trainer/features.py, MSB first"})
 
 
-def pcaps(directory: Path) -> Dataset:
+def pcaps(directory: Path, mode: str = "headers") -> Dataset:
     """DIR/*.pcap (or .pcapng), one file per class; the file stem is the class."""
     from scapy.error import Scapy_Exception
 
-    from xdpnn.traffic.packets import read_pcap
+    from xdpnn.traffic.packets import read_pcap, read_pcap_times
+    reader = read_pcap_times if mode == "flow" else read_pcap  # flows need the times
 
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory")
@@ -289,12 +293,47 @@ def pcaps(directory: Path) -> Dataset:
     frames_by_class = {}
     for path in files:
         try:
-            frames = read_pcap(str(path))
+            frames = reader(str(path))
         except (Scapy_Exception, OSError, EOFError, struct.error, ValueError) as e:
             raise DataError(f"{path}: not a readable pcap ({e})") from None
-        usable = [f for f in frames if features.header_record(f)[1] is not None]
+        if mode == "flow":
+            usable = flow_records(frames)
+        else:
+            usable = [f for f in frames if features.header_record(f)[1] is not None]
         if not usable:
             raise DataError(f"{path}: {len(frames)} packets, none an IPv4 packet the "
                             "datapath classifies (an empty capture?)")
         frames_by_class[path.stem] = usable
+    if mode == "flow":
+        return records_dataset(frames_by_class, f"pcaps:{directory}")
     return frames_dataset(frames_by_class, f"pcaps:{directory}")
+
+
+def flow_records(packets: list[tuple[int, bytes]]) -> list[bytes]:
+    """The flow records the kernel runs the model on, one per inference: a
+    flow's record after each of its first packets, up to its final class
+    (trainer/flows.py replays the capture in time order)."""
+    from xdpnn.trainer import flows
+    table = flows.FlowTable()
+    out = []
+    for now, frame in sorted(packets, key=lambda p: p[0]):
+        _, rec, infer = table.step(now, frame)
+        if infer:
+            out.append(rec)
+            table.classified(0)  # the class does not change the record; it ends deciding
+    return out
+
+
+def records_dataset(records_by_class: dict[str, list[bytes]], source: str) -> Dataset:
+    """Flow-mode inputs: each 32-byte flow record, MSB first."""
+    bits, labels = [], []
+    classes = list(records_by_class)
+    for c, name in enumerate(classes):
+        for rec in records_by_class[name]:
+            bits.append(np.unpackbits(np.frombuffer(rec, np.uint8)))
+            labels.append(c)
+    return Dataset(np.array(bits, np.uint8).reshape(-1, HEADER_BITS),
+                   np.array(labels, np.int64), classes, "flow", source,
+                   {"kind": "flow-record", "bits": HEADER_BITS,
+                    "what": "the 32-byte flow record of trainer/flows.py, MSB first, after "
+                            "each packet up to the flow's final class"})

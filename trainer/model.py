@@ -36,7 +36,7 @@ MAX_CLASSES = 64
 THRESHOLD_RANGE = (-(2**31), 2**31 - 1)
 SCALE_RANGE = (-(2**16), 2**16)
 BIAS_RANGE = (-(2**40), 2**40)
-INPUT_MODES = ("payload", "headers")
+INPUT_MODES = ("payload", "headers", "flow")
 DEFAULT_PORT = 9595
 
 # Limits of the file itself, all derived from the limits above: the loader
@@ -68,7 +68,7 @@ def check_layout(sizes: list[int], input_: dict) -> None:
     _check(isinstance(input_, dict) and input_.get("mode") in INPUT_MODES,
            "input.mode", " or ".join(INPUT_MODES), input_)
     mode = input_["mode"]
-    max_in = MAX_HEADER_BITS if mode == "headers" else MAX_INPUT_BITS
+    max_in = MAX_HEADER_BITS if mode in ("headers", "flow") else MAX_INPUT_BITS
     _check(1 <= sizes[0] <= max_in, "layers[0] (inputs)",
            f"1..{max_in} in {mode} mode", sizes[0])
     for l, s in enumerate(sizes[1:-1], 1):
