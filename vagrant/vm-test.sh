@@ -18,7 +18,8 @@ TIMEOUT=${XDPNN_VM_TIMEOUT:-1500}
 # datapath on veth with forwarding, redirect and malformed frames, swaps
 # through a new inner map, detach through BPF links, the shared
 # header against the compiler, serving replies (checksums: the helper
-# differs between kernels), and the generators
+# differs between kernels), an added model behind a tail call (maps shared
+# by pin), the flow table, and the generators
 # (pktgen exists only here).  The host runs the whole suite.
 DEFAULT_ARGS="-q --durations=0 \
  'tests/test_golden.py::test_kernel_class_equals_reference[256-32-16-2-payload]' \
@@ -36,7 +37,9 @@ DEFAULT_ARGS="-q --durations=0 \
  tests/test_traffic.py::test_live_frames_cycle_the_inputs_in_order \
  tests/test_traffic.py::test_pktgen_sends_an_exact_count \
  'tests/test_serve.py::test_kernel_reply_equals_twin[256-32-16-4]' \
- tests/test_serve_netns.py::test_malformed_requests_get_their_error_reply_or_are_dropped"
+ tests/test_serve_netns.py::test_malformed_requests_get_their_error_reply_or_are_dropped \
+ tests/test_serve.py::test_kernel_reply_equals_twin_with_an_added_model \
+ tests/test_flow.py::test_kernel_flow_records_classes_and_counters_equal_the_twin"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
 
 case $ACCEL in auto|kvm|tcg) ;; *)
