@@ -103,13 +103,9 @@ static __always_inline int flow_input(struct xdp_md *ctx, struct nn_counters *c,
 	__u8 flags = 0;
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)l4;
-		if ((void *)(tcp + 1) > data_end || l3.l4_len < sizeof(*tcp))
-			return NN_IN_TRUNCATED;
-		if (tcp->doff < 5)
-			return NN_IN_MALFORMED;
-		l4_hdr = tcp->doff * 4;
-		if (l4_hdr > l3.l4_len)
-			return NN_IN_TRUNCATED;
+		int t = check_tcp(&l3, data_end, &l4_hdr);
+		if (t != NN_IN_CLASSIFIED)
+			return t;
 		flags = ((__u8 *)tcp)[13];
 		sport = bpf_ntohs(tcp->source);
 		dport = bpf_ntohs(tcp->dest);

@@ -109,6 +109,22 @@ static __always_inline void load_input(const __u8 *p, __u64 *x)
 	x[NN_IN_WORDS - 1] &= NN_IN_TAIL_MASK;
 }
 
+/* The TCP header at l3->l4: NN_IN_CLASSIFIED with its length (options
+ * included) in *hdr_len, or why it cannot be read.  Headers and flow mode
+ * both take the TCP fields from it. */
+static __always_inline int check_tcp(const struct l3 *l3, void *data_end, __u32 *hdr_len)
+{
+	struct tcphdr *tcp = (void *)l3->l4;
+	if ((void *)(tcp + 1) > data_end || l3->l4_len < sizeof(*tcp))
+		return NN_IN_TRUNCATED;
+	if (tcp->doff < 5)
+		return NN_IN_MALFORMED;
+	*hdr_len = tcp->doff * 4;
+	if (*hdr_len > l3->l4_len)
+		return NN_IN_TRUNCATED;
+	return NN_IN_CLASSIFIED;
+}
+
 #if NN_INPUT_MODE == NN_INPUT_PAYLOAD
 /* Payload mode: the inputs are the first NN_IN_BYTES of the payload of a UDP
  * datagram sent to cfg->udp_port. */
@@ -151,13 +167,9 @@ static __always_inline int mode_input(struct l3 l3, void *data_end, const struct
 	b[14] = ip->ihl * 4;
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)l4;
-		if ((void *)(tcp + 1) > data_end || l3.l4_len < sizeof(*tcp))
-			return NN_IN_TRUNCATED;
-		if (tcp->doff < 5)
-			return NN_IN_MALFORMED;
-		l4_hdr = tcp->doff * 4;
-		if (l4_hdr > l3.l4_len)
-			return NN_IN_TRUNCATED;
+		int t = check_tcp(&l3, data_end, &l4_hdr);
+		if (t != NN_IN_CLASSIFIED)
+			return t;
 		b[3] = ((__u8 *)tcp)[13]; /* CWR ECE URG ACK PSH RST SYN FIN */
 		__builtin_memcpy(&b[6], &tcp->source, 2);
 		__builtin_memcpy(&b[8], &tcp->dest, 2);
