@@ -51,6 +51,7 @@ def lib():
             "bpf_obj_get": [ctypes.c_char_p],
             "bpf_map_lookup_elem": [ctypes.c_int, vp, vp],
             "bpf_map_update_elem": [ctypes.c_int, vp, vp, ctypes.c_uint64],
+            "bpf_map_lookup_batch": [ctypes.c_int, vp, vp, vp, vp, u32p, vp],
             "bpf_prog_test_run_opts": [ctypes.c_int, vp],
             "bpf_xdp_query_id": [ctypes.c_int, ctypes.c_int, u32p],
             "bpf_obj_get_info_by_fd": [ctypes.c_int, vp, u32p],
@@ -105,6 +106,35 @@ def map_lookup(fd: int, key: int, value_size: int, what: str = "map") -> bytes:
     buf = ctypes.create_string_buffer(value_size)
     _check(lib().bpf_map_lookup_elem(fd, ctypes.byref(k), buf), f"read {what}[{key}]")
     return buf.raw
+
+
+def map_entries(fd: int, key_type, value_type, what: str = "map") -> list:
+    """Every (key, value) of a hash map, as ctypes structures of the given
+    types (checked against the map's own sizes), read in batches: one
+    system call per few thousand entries rather than two per entry."""
+    info = map_info(fd)
+    if (info.key_size, info.value_size) != (ctypes.sizeof(key_type), ctypes.sizeof(value_type)):
+        raise BpfError(errno_mod.EINVAL, f"read {what}: entries of {info.key_size}+"
+                       f"{info.value_size} bytes, expected {ctypes.sizeof(key_type)}+"
+                       f"{ctypes.sizeof(value_type)} (made by another version of xdpnn?)")
+    chunk = max(1, min(info.max_entries, 4096))
+    keys, values = (key_type * chunk)(), (value_type * chunk)()
+    # The cursor is the kernel's (a bucket number for hash maps); 8 bytes hold it.
+    cursor, next_cursor = ctypes.c_uint64(), ctypes.c_uint64()
+    out, first = [], True
+    while True:
+        count = ctypes.c_uint32(chunk)
+        ret = lib().bpf_map_lookup_batch(fd, None if first else ctypes.byref(cursor),
+                                         ctypes.byref(next_cursor), keys, values,
+                                         ctypes.byref(count), None)
+        done = ret < 0 and (-ret if ret != -1 else ctypes.get_errno()) == errno_mod.ENOENT
+        if ret < 0 and not done:
+            _check(ret, f"read {what}")
+        out += [(type(keys[i]).from_buffer_copy(keys[i]), type(values[i]).from_buffer_copy(values[i]))
+                for i in range(count.value)]
+        if done:  # ENOENT: that was the last batch
+            return out
+        cursor.value, first = next_cursor.value, False
 
 
 def map_update(fd: int, key: int, value: bytes | ctypes.Structure, what: str = "map") -> None:

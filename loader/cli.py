@@ -306,6 +306,12 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append("  flows: " + ", ".join(f"{k} {v}" for k, v in f["events"].items())
                      + "; by class: " + (", ".join(f"{k} {v}" for k, v in f["classes"].items()
                                                    if v) or "none"))
+        if "table" in f:
+            t = f["table"]
+            lines.append(f"  flow table: {t['entries']} of {t['capacity']} entries ("
+                         + ", ".join(f"{k} {v}" for k, v in t["states"].items())
+                         + f"), {t['evicted']} evicted; live by class: "
+                         + (", ".join(f"{k} {v}" for k, v in t["classes"].items() if v) or "none"))
     for name, e in s.get("serve", {}).items():
         status = ", ".join(f"{k} {v}" for k, v in e["status"].items() if v) or "none"
         lines.append(f"  serve {name}: {e['requests']} requests, {e['replies']} replies; "
@@ -314,6 +320,30 @@ def format_stats(s: dict, prev: dict | None) -> str:
         classes = ", ".join(f"{c} {v}" for c, v in m["classes"].items() if v) or "none"
         lines.append(f"  model {k} ({m['shape']}) classes: {classes}")
     return "\n".join(lines)
+
+
+@command("flows", "the flow table of a flow-mode datapath: each flow's ends, packets, state "
+         "and class, most recent first", """
+  sudo xdpnn flows veth0               the 20 most recent flows
+  sudo xdpnn flows veth0 --limit 0 -j  every flow, as JSON""", options=[
+    arg("iface", type=IFNAME),
+    arg("--limit", type=int_in(0, 10**7), default=20, help="flows to show, 0 for all (20)"),
+])
+def cmd_flows(args):
+    from xdpnn.loader import datapath
+    rep = datapath.flows(args.iface, args.netns, args.limit or None)
+    protos = {1: "icmp", 6: "tcp", 17: "udp"}
+    lines = [f"{rep['iface']}: {rep['entries']} of {rep['capacity']} flow entries"
+             + (f", the {len(rep['flows'])} most recent:" if rep["flows"] else "")]
+    if rep["flows"]:
+        lines.append(f"  {'proto':<6}{'initiator':<22}{'responder':<22}{'pkts':>5}  "
+                     f"{'state':<9}{'class':<12}{'idle s':>8}")
+    for f in rep["flows"]:
+        lines.append(f"  {protos.get(f['proto'], f['proto']):<6}"
+                     f"{f['initiator'][0] + ':' + str(f['initiator'][1]):<22}"
+                     f"{f['responder'][0] + ':' + str(f['responder'][1]):<22}{f['packets']:>5}  "
+                     f"{f['state']:<9}{f['class'] or '-':<12}{f['idle_s']:>8.1f}")
+    out(args, rep, "\n".join(lines))
 
 
 @command("swap", "replace a model with another of the same shape, in place", """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import ipaddress
 import json
 import os
 import subprocess
@@ -223,8 +224,9 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve) -> 
         os.makedirs(pdir)
         undo.callback(remove_pins, pdir)
         bpf_sys.pin(prog.prog_fd, f"{pdir}/prog")
-        for name in maps.MAP_NAMES:
-            bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
+        for name in maps.MAP_NAMES + maps.FLOW_MAP_NAMES:
+            if name in prog.maps:  # the flow table: flow mode only
+                bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
 
         with netns(ns):
             for pin, name, i in zip(LINK_PINS, ifaces, idx):
@@ -339,7 +341,7 @@ class Pinned:
         self.fds = _Required(f"{iface}: the pin folder {self.dir}")
 
     def __enter__(self):
-        for name in ("prog",) + maps.MAP_NAMES:
+        for name in ("prog",) + maps.MAP_NAMES + maps.FLOW_MAP_NAMES:
             path = f"{self.dir}/{name}"
             if os.path.exists(path):
                 self.fds[name] = bpf_sys.get_pinned(path)
@@ -456,6 +458,7 @@ def stats(iface: str, ns: str | None) -> dict:
         serving = compile.read_serve_counters(p.fds["nn_serve"]) if rec.get("serve") else None
         added = {k: (m, compile.read_counters(p.open(added_pin(int(k), "nn_counters"))))
                  for k, m in rec.get("models", {}).items()}
+        table = read_flow_table(p) if rec.get("input") == "flow" else None
     classes = rec["model"]["classes"]
 
     def named(c):
@@ -468,9 +471,12 @@ def stats(iface: str, ns: str | None) -> dict:
                        if name}}
     if rec.get("input") == "flow":
         # Flows by their latest class; the sum over CPUs is taken modulo 2^64.
-        out["flows"] = {"events": {n: int(v) for n, v in zip(maps.FLOW_EVENTS, total["flow"])},
+        events = {n: int(v) for n, v in zip(maps.FLOW_EVENTS, total["flow"])}
+        out["flows"] = {"events": events,
                         "classes": {name: int(total["class_flows"][k].astype("int64"))
                                     for k, name in enumerate(classes)}}
+        if table is not None:
+            out["flows"]["table"] = flow_table_summary(table, events["new"], classes)
     if serving:
         # Per model id; ids without a model show only if something asked for them.
         out["serve"] = {f"model {k}" if k < maps.SRV["models"] else "other": e
@@ -483,6 +489,59 @@ def stats(iface: str, ns: str | None) -> dict:
                                      for j, name in enumerate(m["classes"])}}
                      for k, (m, c) in sorted(added.items(), key=lambda kv: int(kv[0]))}
     return out
+
+
+def read_flow_table(p: Pinned) -> dict | None:
+    """The flow table's entries and size; None for a datapath attached
+    before the table was pinned (flow mode's first release)."""
+    if "nn_flows" not in p.fds:
+        return None
+    fd = p.fds["nn_flows"]
+    return {"capacity": bpf_sys.map_info(fd).max_entries,
+            "entries": bpf_sys.map_entries(fd, maps.FlowKey, maps.Flow, "nn_flows")}
+
+
+def flow_table_summary(table: dict, new: int, classes: list[str]) -> dict:
+    """What the table holds now: entries, by state and by class, and the
+    evictions that the counters cannot see (bpf/flow.h): every entry entered
+    the table as a `new` flow and leaves it only when the LRU evicts it, so
+    evicted = new - entries."""
+    entries = [f for _, f in table["entries"]]
+    by_class = {name: 0 for name in classes}
+    for f in entries:
+        if f.cls != maps.FLOW_NO_CLASS and f.cls < len(classes):
+            by_class[classes[f.cls]] += 1
+    return {"capacity": table["capacity"], "entries": len(entries),
+            "evicted": max(0, new - len(entries)),
+            "states": {s: sum(f.state == k for f in entries) for k, s in enumerate(maps.FLOW_STATES)},
+            "classes": by_class}
+
+
+def flows(iface: str, ns: str | None, limit: int | None = None) -> dict:
+    """The flow table of a flow-mode datapath, most recent first: each flow's
+    ends (initiator first), packets recorded, state, class and idle time."""
+    with Pinned(iface, ns) as p:
+        rec = p.record
+        if rec.get("input") != "flow":
+            raise StateError(f"{iface}: attached in {rec.get('input')} mode; only flow mode "
+                             "keeps a flow table")
+        table = read_flow_table(p)
+        if table is None:
+            raise StateError(f"{iface}: its flow table is not pinned (attached by an older "
+                             "xdpnn): detach and attach again")
+    classes = rec["model"]["classes"]
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # bpf_ktime_get_ns()'s clock
+    rows = []
+    for key, f in sorted(table["entries"], key=lambda kv: -kv[1].last_ns)[:limit]:
+        ends = [(str(ipaddress.IPv4Address(key.addr[i])), key.port[i]) for i in (0, 1)]
+        if ends[1] == (str(ipaddress.IPv4Address(f.init_addr)), f.init_port):
+            ends.reverse()
+        rows.append({"proto": key.proto, "initiator": list(ends[0]), "responder": list(ends[1]),
+                     "packets": f.packets, "state": maps.FLOW_STATES[min(f.state, 2)],
+                     "class": classes[f.cls] if f.cls < len(classes) else None,
+                     "idle_s": round(max(0, now - f.last_ns) / 1e9, 3)})
+    return {"iface": iface, "netns": ns, "capacity": table["capacity"],
+            "entries": len(table["entries"]), "flows": rows}
 
 
 def swap(iface: str, ns: str | None, model_path: str, model_id: int = 0) -> dict:

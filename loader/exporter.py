@@ -56,6 +56,12 @@ class Collector:
         flows = core.GaugeMetricFamily(
             "xdpnn_flows", "Flow mode: flows by their latest class", labels=["iface", "netns",
                                                                            "class"])
+        table = core.GaugeMetricFamily(
+            "xdpnn_flow_table_entries", "Flow mode: entries in the flow table, by state",
+            labels=["iface", "netns", "state"])
+        evicted = core.CounterMetricFamily(
+            "xdpnn_flows_evicted", "Flow mode: flows the full table evicted (new - entries)",
+            labels=["iface", "netns"])
         attached = core.GaugeMetricFamily(
             "xdpnn_attach_time_seconds", "When the datapath was attached (Unix time)",
             labels=["iface", "netns"])
@@ -96,6 +102,11 @@ class Collector:
                 flow_events.add_metric([key[0], ns, name], v)
             for name, v in s.get("flows", {}).get("classes", {}).items():
                 flows.add_metric([key[0], ns, name], v)
+            if "table" in s.get("flows", {}):
+                t = s["flows"]["table"]
+                for name, v in t["states"].items():
+                    table.add_metric([key[0], ns, name], v)
+                evicted.add_metric([key[0], ns], t["evicted"])
             m = rec["model"]
             model.add_metric([key[0], ns], {
                 "shape": m["shape"], "sha256": m["sha256"],
@@ -103,7 +114,7 @@ class Collector:
                 "path": m["path"], "attached_at": rec["attached_at"]})
             attached.add_metric([key[0], ns], datetime.strptime(
                 rec["attached_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp())
-        yield from (classes, inputs, verdicts, flow_events, flows, model, attached,
+        yield from (classes, inputs, verdicts, flow_events, flows, table, evicted, model, attached,
                     *serve.values())
 
 

@@ -21,6 +21,8 @@ MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta", "n
 # What the program of an added model has of its own (the rest it shares with
 # the attached program, or does without: bpf/xdpnn.c, NN_MODEL_ID).
 ADDED_MAP_NAMES = ("nn_model", "nn_counters")
+# Pinned beside MAP_NAMES in flow mode only: `xdpnn flows`, evictions in `stats`.
+FLOW_MAP_NAMES = ("nn_flows",)
 SERVE_ENTRIES = SRV["models"] + 1  # nn_serve: one per model id, then the rest
 
 
@@ -42,6 +44,24 @@ class ServeCounters(ctypes.Structure):
     _fields_ = [("requests", ctypes.c_uint64), ("replies", ctypes.c_uint64),
                 ("status", ctypes.c_uint64 * len(SERVE_STATUS))]
 
+
+class FlowKey(ctypes.Structure):
+    """struct nn_flow_key (bpf/flow.h): host-order addresses and ports, the
+    lower (address, port) end first."""
+    _fields_ = [("addr", ctypes.c_uint32 * 2), ("port", ctypes.c_uint16 * 2),
+                ("proto", ctypes.c_uint32)]
+
+
+class Flow(ctypes.Structure):
+    """struct nn_flow (bpf/flow.h): a flow table entry."""
+    _fields_ = [("record", ctypes.c_uint8 * 32), ("last_ns", ctypes.c_uint64),
+                ("init_addr", ctypes.c_uint32), ("init_port", ctypes.c_uint16),
+                ("packets", ctypes.c_uint8), ("cls", ctypes.c_uint8), ("state", ctypes.c_uint8),
+                ("payload_seen", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6)]
+
+
+FLOW_STATES = ("open", "deciding", "final")  # enum flow_state (bpf/flow.h)
+FLOW_NO_CLASS = 255  # NN_FLOW_NO_CLASS
 
 MIRRORS = {"nn_config": Config, "nn_counters": Counters, "nn_serve": ServeCounters}
 

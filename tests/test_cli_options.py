@@ -26,6 +26,7 @@ def bases(tmp, ns):
         "detach": (["-n", ns], ["detach"], ["lo"], {}),
         "status": ([], ["status"], [], {}),
         "stats": (["-n", ns], ["stats"], ["lo", "0.01", "1"], {}),
+        "flows": (["-n", ns], ["flows"], ["lo"], {"--limit": "5"}),
         "swap": (["-n", ns], ["swap"], ["lo"], {"--model": missing}),
         "set": (["-n", ns], ["set"], ["lo"], {"--action": "all=drop"}),
         "predict": ([], ["predict"], [], {"--model": missing, "--hex": "00" * 14}),

@@ -115,6 +115,17 @@ def test_a_full_table_evicts_its_least_recent_flow_which_comes_back_as_new(flow_
     assert (counters() - before).tolist()[:2] == [2 * TABLE + 2, 0]
     info = bpf_sys.map_info(prog.maps["nn_flows"])
     assert info.max_entries == TABLE
+    # What `stats` reports: a full table, and the evictions the counters miss.
+    from xdpnn.loader import datapath, maps
+    table = {"capacity": TABLE, "entries": bpf_sys.map_entries(prog.maps["nn_flows"], maps.FlowKey,
+                                                               maps.Flow, "nn_flows")}
+    new = int(counters()[0])
+    summary = datapath.flow_table_summary(table, new, model.classes)
+    assert 0.9 * TABLE <= summary["entries"] <= TABLE  # the LRU evicts a little early per CPU
+    assert summary["evicted"] == new - summary["entries"] >= TABLE
+    keys = {(k.addr[0], k.addr[1], k.port[0], k.port[1], k.proto) for k, _ in table["entries"]}
+    assert len(keys) == summary["entries"]
+    assert (0xC6120901, 0xC6120902, 1, 53, 17) in keys  # the first flow, back as new
 
 
 @pytest.mark.netns
@@ -145,6 +156,8 @@ def test_attached_flow_model_caches_classes_and_stats_counts_flows(veth_pair, tm
         assert send_frames(veth_pair, "xv0", frames) == len(frames)
         s = json.loads(xdpnn("-n", veth_pair, "-j", "stats", "xv1", check=True).stdout)
         text = xdpnn("-n", veth_pair, "stats", "xv1", check=True).stdout
+        table = json.loads(xdpnn("-n", veth_pair, "-j", "flows", "xv1", check=True).stdout)
+        table_text = xdpnn("-n", veth_pair, "flows", "xv1", "--limit", "2", check=True).stdout
     finally:
         xdpnn("-n", veth_pair, "detach", "xv1", check=True)
     assert s["input"]["classified"] == len(frames)
@@ -152,3 +165,15 @@ def test_attached_flow_model_caches_classes_and_stats_counts_flows(veth_pair, tm
     assert sum(s["flows"]["classes"].values()) == 3
     assert sum(s["classes"].values()) == len(frames)
     assert "flows: new 3, expired 0, final 2, cached 2; by class:" in text
+    t = s["flows"]["table"]
+    assert (t["capacity"], t["entries"], t["evicted"]) == (65536, 3, 0)
+    assert t["states"] == {"open": 1, "deciding": 0, "final": 2}
+    assert t["classes"] == s["flows"]["classes"]
+    assert "flow table: 3 of 65536 entries (open 1, deciding 0, final 2), 0 evicted" in text
+    # `xdpnn flows`: initiator first, whichever end has the lower address.
+    got = {(f["proto"], tuple(f["initiator"]), tuple(f["responder"]), f["packets"], f["state"])
+           for f in table["flows"]}
+    assert got == {(17, (a, 5000), (b, 53), 2, "open"), (6, (a, 40000), (b, 80), 8, "final"),
+                   (6, (a, 40001), (b, 80), 3, "final")}
+    assert all(f["class"] in s["classes"] for f in table["flows"])
+    assert len(table_text.splitlines()) == 4 and "3 of 65536 flow entries" in table_text

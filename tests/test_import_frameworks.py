@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
-BREVITAS = "needs torch, brevitas and onnxoptimizer: pip install torch brevitas onnxoptimizer"
+BREVITAS = ("needs torch, brevitas and onnxoptimizer: pip install torch brevitas onnxoptimizer "
+            "(a CPU-only torch build is enough and avoids gigabytes of CUDA libraries)")
 LARQ = "needs larq and TensorFlow: pip install larq tensorflow tf-keras"
 
 

@@ -50,6 +50,7 @@ SERVICES = {(IPPROTO_UDP, 53): "dns", (IPPROTO_TCP, 53): "dns",
             (IPPROTO_TCP, 22): "ssh", (IPPROTO_TCP, 2222): "ssh",
             (IPPROTO_UDP, 443): "quic", (IPPROTO_UDP, 4433): "quic",
             (IPPROTO_TCP, 5201): "other", (IPPROTO_UDP, 5201): "other"}
+SSHD_RUN = Path("/run/sshd")  # sshd refuses to start without it
 # Programs each class runs, and the Debian package that has each.
 TOOLS = {"dns": {"dnsmasq": "dnsmasq-base", "dig": "dnsutils"},
          "ntp": {"chronyd": "chrony"},
@@ -275,6 +276,12 @@ class Capture:
             except subprocess.TimeoutExpired:
                 pass
         self.procs.clear()
+        if getattr(self, "made_sshd_run", False):
+            try:
+                SSHD_RUN.rmdir()
+            except OSError:
+                pass  # something else put files there since
+            self.made_sshd_run = False
 
     # --- files the servers and clients read ---------------------------------
 
@@ -331,7 +338,10 @@ class Capture:
                          "-e", "stderr", "-g", "daemon off;"], "nginx")
             tcp_ports += [80, 8080, 443, 8443]
         if "sshd" in need:
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
+            # sshd's privilege separation folder; removed at the end if made here.
+            if not SSHD_RUN.exists():
+                SSHD_RUN.mkdir(mode=0o755)
+                self.made_sshd_run = True
             for port in (22, 2222):
                 self._start([which("sshd"), "-D", "-e", "-f", "/dev/null",
                              "-o", f"ListenAddress={SERVER_IP}:{port}",

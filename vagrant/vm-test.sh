@@ -5,13 +5,13 @@
 # .vm/console.log.  No network for the guest beyond what tests build in it.
 #   vagrant/vm-test.sh [PYTEST ARGS...]     (default: the VM selection below)
 # Environment: XDPNN_VM_ACCEL=auto|kvm|tcg (auto: KVM where it boots the
-# guest's kernel, QEMU's emulator otherwise), XDPNN_VM_TIMEOUT seconds (1500).
+# guest's kernel, QEMU's emulator otherwise), XDPNN_VM_TIMEOUT seconds (2400).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/.vm
 NEED_MB=4500
 ACCEL=${XDPNN_VM_ACCEL:-auto}
-TIMEOUT=${XDPNN_VM_TIMEOUT:-1500}
+TIMEOUT=${XDPNN_VM_TIMEOUT:-2400}
 # Under the emulator every BPF compile takes most of a minute, so the VM
 # runs what differs between kernels, one test of each kind: the verifier on
 # a small and the largest default shape, the parser twin, the counters, the
