@@ -76,6 +76,21 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct l3 *out
 	return NN_IN_CLASSIFIED;
 }
 
+/* The TCP or UDP destination port of an IPv4 frame; 0 for any other frame
+ * (what parse_ipv4 refuses included), and port 0 never has a model. */
+static __always_inline __u32 l4_dst_port(void *data, void *data_end)
+{
+	struct l3 l3;
+	if (parse_ipv4(data, data_end, &l3) != NN_IN_CLASSIFIED)
+		return 0;
+	if (l3.ip->protocol != IPPROTO_TCP && l3.ip->protocol != IPPROTO_UDP)
+		return 0;
+	__be16 *ports = l3.l4; /* source, destination: the same place in both */
+	if ((void *)(ports + 2) > data_end || l3.l4_len < 4)
+		return 0;
+	return bpf_ntohs(ports[1]);
+}
+
 /* A UDP datagram to cfg->udp_port, from its L4 bytes (l4_len of them per
  * the IP header): its payload and payload length, or why it is not one. */
 static __always_inline int udp_to_port(void *l4, __u32 l4_len, void *data_end,

@@ -20,7 +20,10 @@
  * another id (tailcall.h).  Each added model is this same file built for
  * its own shape with NN_MODEL_ID=<id> and NN_PIN_DIR=<the attached
  * program's pin folder>: it has its own model map, scratch and counters,
- * and shares the interface's nn_config and nn_serve.
+ * and shares the interface's nn_config and nn_serve.  Without serving,
+ * the attached program chooses an added model by the packet's TCP or UDP
+ * destination port (nn_port_models); such a model has its own nn_config
+ * (its actions) and shares the forwarding ports (nn_tx_port).
  *
  * Flow mode (NN_INPUT_FLOW, flow.h): the input is the packet's flow record,
  * and a flow whose class is final skips inference. */
@@ -69,14 +72,24 @@ struct nn_model_words {
 BPF_ARRAY(nn_model_words, struct nn_model_words, 1);
 BPF_ARRAY_OF_MAPS(nn_model, "nn_model_words", 1);
 /* Port, actions, redirect slots and the forwarding pair; written by the loader.
- * Shared by every program of the interface (tailcall.h, NN_SHARED). */
+ * Shared by every serving program of the interface (tailcall.h, NN_SHARED);
+ * a model chosen by port has its own, for its own actions. */
+#if NN_MODEL_ID != 0 && !defined(NN_SERVE)
+#define NN_BY_PORT 1
+BPF_ARRAY(nn_config, struct nn_config, 1);
+#else
 NN_SHARED("array", struct nn_config, nn_config, 1);
+#endif
 /* Counters per input result, verdict and class, one entry per ingress side;
  * read by `xdpnn stats` and the exporter. */
 BPF_PERCPU_ARRAY(nn_counters, struct nn_counters, NN_SIDES);
 /* Egress ports: the forwarding pair (slots 0, 1), then redirect targets;
  * written by the loader. */
+#ifdef NN_BY_PORT
+NN_SHARED_DEVMAP(nn_tx_port, NN_TX_SLOTS); /* the attached program's: the same egress */
+#else
 BPF_DEVMAP(nn_tx_port, NN_TX_SLOTS);
+#endif
 
 #if NN_MODEL_ID == 0
 /* The attach record (JSON) that `xdpnn status` and later commands read;
@@ -89,6 +102,10 @@ BPF_ARRAY(nn_meta, struct nn_meta, 1);
 /* The programs of the models added to this interface, by model id; filled
  * by the loader (`xdpnn model add`). */
 NN_PROG_ARRAY(nn_progs, NN_SRV_MODELS);
+/* Without serving: the model id for each TCP/UDP destination port, 0 for
+ * the attached model (`xdpnn model add --port`).  An array, so the lookup
+ * costs no hashing; skipped unless nn_config.port_models says any is set. */
+BPF_ARRAY(nn_port_models, __u32, 65536);
 #endif
 
 /* Activations of the layer being computed: too big for the 512-byte BPF
@@ -193,6 +210,17 @@ int xdpnn(struct xdp_md *ctx)
 		return XDP_PASS;
 #ifdef NN_FORWARD_ONLY
 	return verdict(c, forward(ctx, cfg));
+#endif
+#if NN_MODEL_ID == 0 && !defined(NN_SERVE)
+	if (cfg->port_models) {
+		/* A packet to a port with a model of its own goes to that
+		 * model's program; an empty slot returns here, and the attached
+		 * model takes the packet. */
+		__u32 port = l4_dst_port((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+		__u32 *id = nn_port_models.lookup(&port);
+		if (id && *id)
+			nn_progs.call(ctx, *id); /* BCC: bpf_tail_call() */
+	}
 #endif
 
 	/* s->a holds the input, then alternates with s->b as layers run. */

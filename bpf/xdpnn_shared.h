@@ -89,6 +89,7 @@ struct nn_config {
 	__u32 ifindex[2];            /* forwarding pair; in on [i], out on devmap slot 1-i */
 	__u8 action[NN_MAX_CLASSES]; /* enum nn_action, per class */
 	__u8 tx_slot[NN_MAX_CLASSES]; /* NN_ACT_REDIRECT: the class's nn_tx_port slot */
+	__u32 port_models;           /* models chosen by destination port (model add --port) */
 };
 
 /* Per-CPU counters, one entry per ingress side; userspace sums over CPUs.

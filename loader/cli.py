@@ -247,8 +247,12 @@ def cmd_status(args):
                      f"(sha256 {r['model']['sha256'][:12]}, model map {r['model_map_id']})\n"
                      f"  input {r['input']}{port}; actions: {acts or 'count all'}")
         for k, m in r.get("models", {}).items():
+            by_port = ""
+            if m.get("port"):
+                acts = ", ".join(f"{c}={a}" for c, a in m["actions"].items() if a != "count")
+                by_port = f"\n    packets to port {m['port']}; actions: {acts or 'count all'}"
             lines.append(f"  model {k}: {m['shape']} {m['path']} (sha256 {m['sha256'][:12]}, "
-                         f"prog id {m['prog_id']}, model map {m['model_map_id']})")
+                         f"prog id {m['prog_id']}, model map {m['model_map_id']}){by_port}")
     out(args, recs, "\n".join(lines))
 
 
@@ -318,7 +322,8 @@ def format_stats(s: dict, prev: dict | None) -> str:
                      f"status: {status}")
     for k, m in s.get("models", {}).items():
         classes = ", ".join(f"{c} {v}" for c, v in m["classes"].items() if v) or "none"
-        lines.append(f"  model {k} ({m['shape']}) classes: {classes}")
+        verdicts = ", ".join(f"{c} {v}" for c, v in m["verdict"].items() if v) or "none"
+        lines.append(f"  model {k} ({m['shape']}) classes: {classes}; verdict: {verdicts}")
     return "\n".join(lines)
 
 
@@ -633,26 +638,35 @@ def cmd_model_show(args):
     out(args, info, "\n".join(lines))
 
 
-@command("model add", "serve another model on a serving interface, chosen by the requests' "
-                      "model id", """
+@command("model add", "run another model on an interface: chosen by the requests' model id "
+                      "when serving, else by destination port", """
   sudo xdpnn -n srv model add s0 --model digits.npz --id 1
   sudo xdpnn -n srv model add s0 --model small.npz --id 2 -j
+  sudo xdpnn -n dut model add d0 --model dns.npz --id 1 --port 53 --action attack=drop
 
 The model is compiled for its own shape as a program of its own, reached by
-tail call from the attached one (docs/serving.md, "Several models").""", options=[
-    arg("iface", type=IFNAME, help="an interface attached with --serve"),
-    arg("--model", required=True, metavar="FILE", help="model file (.npz), payload input"),
+tail call from the attached one (docs/serving.md, "Several models"; without
+--serve, docs/datapath.md, "Models by port").""", options=[
+    arg("iface", type=IFNAME, help="an attached interface"),
+    arg("--model", required=True, metavar="FILE",
+        help="model file (.npz): payload input when serving; payload or headers by port"),
     arg("--id", required=True, type=MODEL_ID, help="its model id: 1..15"),
+    arg("--port", type=PORT, help="not serving: the TCP/UDP destination port whose packets "
+                                  "it classifies (payload mode: its UDP request port)"),
+    arg("--action", action="append", default=[], metavar="CLASS=ACTION",
+        help="not serving: what to do with packets of its CLASS: count (default), pass or "
+             "drop; repeatable"),
 ])
 def cmd_model_add(args):
     from xdpnn.loader import multimodel
-    r = multimodel.add(args.iface, args.netns, args.model, args.id)
+    r = multimodel.add(args.iface, args.netns, args.model, args.id, args.port, args.action)
+    port = f", packets to port {r['port']}" if r.get("port") else ""
     out(args, r, f"{args.iface}: model {r['id']} is {r['shape']} {r['path']} "
-                 f"(sha256 {r['sha256'][:12]}, prog id {r['prog_id']})")
+                 f"(sha256 {r['sha256'][:12]}, prog id {r['prog_id']}{port})")
 
 
-@command("model remove", "stop serving an added model: its requests get unknown_model "
-                         "replies", """
+@command("model remove", "remove an added model: its requests get unknown_model replies, its "
+                         "port's packets go to the attached model", """
   sudo xdpnn -n srv model remove s0 --id 1""", options=[
     arg("iface", type=IFNAME),
     arg("--id", required=True, type=MODEL_ID, help="the model id: 1..15"),
@@ -664,18 +678,24 @@ def cmd_model_remove(args):
         (f" ({r['shape']} {r['path']})" if "shape" in r else ""))
 
 
-@command("model list", "the models a serving interface answers, by id, with their "
-                       "request counts", """
+@command("model list", "the models of an interface, by id, with their request counts "
+                       "(serving) or ports and packets", """
   sudo xdpnn -n srv model list s0
   sudo xdpnn -n srv model list s0 -j""", options=[arg("iface", type=IFNAME)])
 def cmd_model_list(args):
     from xdpnn.loader import multimodel
     rows = multimodel.list_models(args.iface, args.netns)
-    lines = [f"{'id':>3}  {'shape':<18}{'prog id':>8}{'requests':>10}{'replies':>10}"
-             f"{'errors':>8}  model"]
-    lines += [f"{r['id']:>3}  {r['shape']:<18}{r['prog_id']:>8}{r['requests']:>10}"
-              f"{r['replies']:>10}{r['errors']:>8}  {r['path']} (sha256 {r['sha256'][:12]})"
-              for r in rows]
+    if "requests" in rows[0]:
+        lines = [f"{'id':>3}  {'shape':<18}{'prog id':>8}{'requests':>10}{'replies':>10}"
+                 f"{'errors':>8}  model"]
+        lines += [f"{r['id']:>3}  {r['shape']:<18}{r['prog_id']:>8}{r['requests']:>10}"
+                  f"{r['replies']:>10}{r['errors']:>8}  {r['path']} (sha256 {r['sha256'][:12]})"
+                  for r in rows]
+    else:
+        lines = [f"{'id':>3}  {'shape':<18}{'prog id':>8}{'port':>7}{'classified':>12}  model"]
+        lines += [f"{r['id']:>3}  {r['shape']:<18}{r['prog_id']:>8}"
+                  f"{(r['port'] or ('rest' if r['id'] == 0 else '-')):>7}{r['classified']:>12}"
+                  f"  {r['path']} (sha256 {r['sha256'][:12]})" for r in rows]
     out(args, rows, "\n".join(lines))
 
 

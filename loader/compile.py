@@ -109,7 +109,9 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
     program built so must be given models with write_model(..., methods).
     added_to: the pin folder of an attached serving program; the program
     built serves model_id beside it and shares its nn_config and nn_serve
-    (bpf/tailcall.h), which this build leaves as they are."""
+    (bpf/tailcall.h), which this build leaves as they are; without NN_SERVE
+    it is a model chosen by port, with an nn_config of its own that the
+    caller fills (loader/multimodel.py)."""
     if sys.byteorder != "little":
         raise MissingFeatureError("compile: the weight layout (docs/model-format.md) is "
                                   "little-endian, and this CPU is big-endian")
@@ -119,8 +121,9 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
     if added_to:
         defines = (*defines, f"NN_MODEL_ID={model_id}", f'NN_PIN_DIR="{added_to}"')
     text, cflags = source_and_flags(model, record_input, defines, methods)
-    names = ("nn_model_words",) + (maps.ADDED_MAP_NAMES if added_to else maps.MAP_NAMES) \
-        + (("nn_last",) if record_input else ())
+    own = maps.MAP_NAMES if not added_to else \
+        maps.ADDED_MAP_NAMES if "NN_SERVE" in defines else maps.PORT_MODEL_MAP_NAMES
+    names = ("nn_model_words",) + own + (("nn_last",) if record_input else ())
     if model.mode == "flow":
         names += ("nn_flows", "nn_flow_clock")
     what = f"model {model.shape}" + (f" (id {model_id})" if added_to else "")

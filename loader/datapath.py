@@ -486,7 +486,8 @@ def stats(iface: str, ns: str | None) -> dict:
     # are the attached program's: model 0, and every frame it keeps).
     out["models"] = {k: {"shape": m["shape"], "path": m["path"],
                          "classes": {name: int(c["class_packets"][j])
-                                     for j, name in enumerate(m["classes"])}}
+                                     for j, name in enumerate(m["classes"])},
+                         "verdict": {name: int(v) for name, v in zip(maps.VERDICTS, c["verdict"])}}
                      for k, (m, c) in sorted(added.items(), key=lambda kv: int(kv[0]))}
     return out
 
@@ -553,7 +554,8 @@ def swap(iface: str, ns: str | None, model_path: str, model_id: int = 0) -> dict
     with writer_lock(iface, ns), Pinned(iface, ns) as p:
         rec = p.record
         if model_id:
-            old, mode = added_model(rec, iface, model_id), "payload"
+            old = added_model(rec, iface, model_id)
+            mode = old["input"].get("mode", "payload")
             outer = p.open(added_pin(model_id, "nn_model"))
         else:
             old, mode, outer = rec["model"], rec["input"], p.fds["nn_model"]

@@ -17,10 +17,12 @@ from xdpnn.bpf.shared import (ACTIONS, FLOW_EVENTS, INPUT_RESULTS, MAX_CLASSES, 
 
 # The maps a build hands out and an attach pins, by the names in bpf/xdpnn.c.
 MAP_NAMES = ("nn_model", "nn_config", "nn_counters", "nn_tx_port", "nn_meta", "nn_serve",
-             "nn_progs")
+             "nn_progs", "nn_port_models")
 # What the program of an added model has of its own (the rest it shares with
 # the attached program, or does without: bpf/xdpnn.c, NN_MODEL_ID).
 ADDED_MAP_NAMES = ("nn_model", "nn_counters")
+# An added model chosen by port (not serving) has its own actions too.
+PORT_MODEL_MAP_NAMES = ADDED_MAP_NAMES + ("nn_config",)
 # Pinned beside MAP_NAMES in flow mode only: `xdpnn flows`, evictions in `stats`.
 FLOW_MAP_NAMES = ("nn_flows",)
 SERVE_ENTRIES = SRV["models"] + 1  # nn_serve: one per model id, then the rest
@@ -29,7 +31,7 @@ SERVE_ENTRIES = SRV["models"] + 1  # nn_serve: one per model id, then the rest
 class Config(ctypes.Structure):
     _fields_ = [("udp_port", ctypes.c_uint32),
                 ("ifindex", ctypes.c_uint32 * 2), ("action", ctypes.c_uint8 * MAX_CLASSES),
-                ("tx_slot", ctypes.c_uint8 * MAX_CLASSES)]
+                ("tx_slot", ctypes.c_uint8 * MAX_CLASSES), ("port_models", ctypes.c_uint32)]
 
 
 class Counters(ctypes.Structure):

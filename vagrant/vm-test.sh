@@ -39,7 +39,8 @@ DEFAULT_ARGS="-q --durations=0 \
  'tests/test_serve.py::test_kernel_reply_equals_twin[256-32-16-4]' \
  tests/test_serve_netns.py::test_malformed_requests_get_their_error_reply_or_are_dropped \
  tests/test_serve.py::test_kernel_reply_equals_twin_with_an_added_model \
- tests/test_flow.py::test_kernel_flow_records_classes_and_counters_equal_the_twin"
+ tests/test_flow.py::test_kernel_flow_records_classes_and_counters_equal_the_twin \
+ tests/test_port_models.py::test_a_port_goes_to_its_model_with_its_actions_until_removed"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
 
 case $ACCEL in auto|kvm|tcg) ;; *)
