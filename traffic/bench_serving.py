@@ -184,14 +184,14 @@ class Bench:
         r["offered"] = r["sent"] / r["seconds"] if r["seconds"] else 0.0
         return r
 
-    def flood_live(self, seconds: float) -> dict:
-        """The live generator for `seconds`, its counter on c0 in place of
-        the pass-through one: replies/s with the reference's class."""
+    def flood_live(self, seconds: float, cpu: int) -> dict:
+        """The live generator for `seconds` on `cpu`, its counter on c0 in
+        place of the pass-through one: replies/s with the reference's class."""
         self.count.detach()
         self.live.attach()
         try:
             before = self.live.counts()
-            sent = self.live.send(int(LIVE_MAX_RATE * seconds), seconds, cpu=self.client_cpu)
+            sent = self.live.send(int(LIVE_MAX_RATE * seconds), seconds, cpu=cpu)
             time.sleep(LIVE_DRAIN)
             after = self.live.counts()
         finally:
@@ -225,7 +225,7 @@ def run(model: Model, name: str, s: Settings, progress, prefix: str | None = Non
         # s0's thread on the server's CPU, as XDP serving runs.
         to_stack = Sink(t.server, "s0", attach=False)
         link = None
-        results = {k: {"flood": [], "window": [], "live": [],
+        results = {k: {"flood": [], "window": [], "live": [], "live_1cpu": [],
                        "loads": {str(f): [] for f in LOADS}}
                    for k in SERVERS}
         try:
@@ -245,7 +245,7 @@ def run(model: Model, name: str, s: Settings, progress, prefix: str | None = Non
                 pinned = threaded_napi(t, b.server_cpu)
                 progs = {"xdp": xdp.prog_fd, "user_c": to_stack.fn.fd}
 
-                for phase in ("flood", "window", "live", "loads"):
+                for phase in ("flood", "window", "live", "live_1cpu", "loads"):
                     for k in range(s.trials):
                         for kind in SERVERS[k % 2:] + SERVERS[:k % 2]:
                             bpf_sys.link_update(link, progs[kind], "s0")
@@ -281,7 +281,9 @@ def measure(b: Bench, phase: str, kind: str, results: dict) -> None:
     elif phase == "window":
         r["window"].append(b.load(FLOOD_RATE, b.s.seconds, window=WINDOW))
     elif phase == "live":
-        r["live"].append(b.flood_live(b.s.seconds))
+        r["live"].append(b.flood_live(b.s.seconds, b.client_cpu))
+    elif phase == "live_1cpu":
+        r["live_1cpu"].append(b.flood_live(b.s.seconds, b.server_cpu))
     else:
         top = peak(results, kind)
         for f in LOADS:
@@ -323,16 +325,17 @@ def report(results: dict, model: Model, name: str, s: Settings, b: Bench, pinned
                                                          for x in r["flood"]]) > 0.9)},
             "window": {"rate": stat([x["rate"] for x in r["window"]]),
                        "lost": int(sum(x["lost"] for x in r["window"]))},
-            "live": {"rate": stat([x["rate"] for x in r["live"]]),
-                     "offered": stat([x["offered"] for x in r["live"]]),
-                     "unanswered": int(sum(x["sent"] - x["received"] for x in r["live"])),
-                     "sent": int(sum(x["sent"] for x in r["live"]))},
+            **{p: {"rate": stat([x["rate"] for x in r[p]]),
+                   "offered": stat([x["offered"] for x in r[p]]),
+                   "unanswered": int(sum(x["sent"] - x["received"] for x in r[p])),
+                   "sent": int(sum(x["sent"] for x in r[p]))} for p in ("live", "live_1cpu")},
             "loads": loads}
     x, u = results["xdp"], results["user_c"]
     ratios = {"peak_flood": stat([a["rate"] / c["rate"] for a, c in zip(x["flood"], u["flood"])]),
               "peak_window": stat([a["rate"] / c["rate"]
                                    for a, c in zip(x["window"], u["window"])]),
-              "peak_live": stat([a["rate"] / c["rate"] for a, c in zip(x["live"], u["live"])])}
+              **{f"peak_{p}": stat([a["rate"] / c["rate"] for a, c in zip(x[p], u[p])])
+                 for p in ("live", "live_1cpu")}}
     for f in LOADS:
         ratios[f"p50_at_{f}"] = stat([c["rtt_us"]["p50"] / a["rtt_us"]["p50"] for a, c in
                                       zip(x["loads"][str(f)], u["loads"][str(f)])])
@@ -356,8 +359,9 @@ def markdown(r: dict) -> str:
     """The serving tables: peak and RTT against load, per server, and ratios."""
     names = {"xdp": "XDP (attach --serve)", "user_c": "user-space C server"}
     lines = ["| server | peak requests/s | flood: served (offered) k/s, lost | closed loop "
-             f"({r['setup']['window']} outstanding) k/s | live generator: served (offered) k/s |",
-             "|---|---|---|---|---|"]
+             f"({r['setup']['window']} outstanding) k/s | live generator: served (offered) k/s "
+             "| live generator on the server's CPU: served (offered) k/s |",
+             "|---|---|---|---|---|---|"]
 
     def k(s):
         return f"{s['median'] / 1e3:.0f} ({s['min'] / 1e3:.0f}-{s['max'] / 1e3:.0f})"
@@ -365,8 +369,9 @@ def markdown(r: dict) -> str:
         f = v["flood"]
         lines.append(f"| {names[kind]} | {v['peak'] / 1e3:.0f}k | {k(f['rate'])} "
                      f"({f['offered']['median'] / 1e3:.0f}), {f['lost']} of {f['sent']} | "
-                     f"{k(v['window']['rate'])} | {k(v['live']['rate'])} "
-                     f"({v['live']['offered']['median'] / 1e3:.0f}) |")
+                     f"{k(v['window']['rate'])} | " + " | ".join(
+                         f"{k(v[p]['rate'])} ({v[p]['offered']['median'] / 1e3:.0f})"
+                         for p in ("live", "live_1cpu")) + " |")
     lines += ["", "| server | load (of its own peak) | requests/s reached | RTT p50 us | p90 us | "
               "p99 us | lost |", "|---|---|---|---|---|---|---|"]
     for kind, v in r["servers"].items():
@@ -381,7 +386,8 @@ def markdown(r: dict) -> str:
         return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
     lines += ["", f"XDP over the C server, same trial, median (min-max) of {r['setup']['trials']}: "
                   f"flood {q(ra['peak_flood'])}, closed loop {q(ra['peak_window'])}, live "
-                  f"generator {q(ra['peak_live'])}; "
+                  f"generator {q(ra['peak_live'])}, on the server's CPU "
+                  f"{q(ra['peak_live_1cpu'])}; "
                   "RTT p50 of the C server over XDP's at 10%, 50%, 90% of each one's peak: "
                   + ", ".join(q(ra[f"p50_at_{f}"]) for f in r["setup"]["loads"]) + ".",
               "", f"Model {r['model']}; {r['setup']['trials']} trials of {r['setup']['seconds']} s "
