@@ -5,12 +5,14 @@ in alternation, so that every ratio is of figures taken a moment apart.
 
     client [c0] 198.18.0.1  <--veth-->  [s0] 198.18.0.2 server
     load client (CPU 0)                 xdp: bpf/xdpnn.c -DNN_SERVE on s0
-    XDP pass on c0                      user: C server on UDP 9595, XDP pass on s0
+    XDP pass on c0, a queue             user: C server on UDP 9595, XDP pass on s0
+    (or reqgen's counter, XDP drop)
 
 s0 runs NAPI in a kernel thread pinned to the server's CPU, where the C
-server is pinned too: all the server's work, XDP or socket, is on the
-server's CPU; c0's NAPI runs in softirq where the reply was sent from, the
-server's CPU, for both alike.
+server is pinned too, both at SERVER_PRIORITY: all the server's work, XDP
+or socket, is on the server's CPU; c0's NAPI runs in softirq where the
+reply was sent from, the server's CPU, for both alike.  One XDP link on s0
+for the run, its program replaced between trials (see run()).
 
 Per trial and server, with traffic/serve_load.c (sendmmsg/recvmmsg, one
 socket, pinned to the client's CPU), which checks the class of every reply
