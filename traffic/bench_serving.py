@@ -108,18 +108,20 @@ def napi_threads(dev: str) -> set[int]:
     return pids
 
 
-# The server side's scheduling priority (SCHED_FIFO), the same for s0's NAPI
-# thread and the C server: on a CPU shared with other work, a NAPI thread
-# that waits its turn behind other processes lets veth's 256-frame ring
-# overflow within milliseconds, and a C server that waits lets its socket
-# fill; at a real-time priority both run as on a CPU of their own.  Both
-# block when idle, and the kernel's real-time throttling
+# The scheduling priority (SCHED_FIFO) of the server side, the same for s0's
+# NAPI thread and the C server, and of the load generators on the client's
+# CPU: on a CPU shared with other work, a NAPI thread that waits its turn
+# behind other processes lets veth's 256-frame ring overflow within
+# milliseconds, a C server that waits lets its socket fill, and a generator
+# that waits sends in bursts; at a real-time priority each runs as on a CPU
+# of its own.  The servers block when idle, every generator stops after
+# its trial's seconds, and the kernel's real-time throttling
 # (kernel.sched_rt_runtime_us) still leaves the CPU's other work 5%.
 SERVER_PRIORITY = 50
 
 
 def realtime(pids, cpu: int) -> None:
-    """Pins pids to the server's CPU at SERVER_PRIORITY."""
+    """Pins pids to the CPU at SERVER_PRIORITY."""
     for pid in pids:
         os.sched_setaffinity(pid, {cpu})
         os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(SERVER_PRIORITY))
@@ -174,7 +176,7 @@ class Bench:
                str(window)]
         with netns(self.t.client):
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        os.sched_setaffinity(p.pid, {self.client_cpu})
+        realtime([p.pid], self.client_cpu)
         out, err = p.communicate(timeout=seconds + 60)
         if p.returncode:
             raise XdpnnError(f"bench: serving load client: {err.strip()}")
@@ -188,12 +190,19 @@ class Bench:
 
     def flood_live(self, seconds: float, cpu: int) -> dict:
         """The live generator for `seconds` on `cpu`, its counter on c0 in
-        place of the pass-through one: replies/s with the reference's class."""
+        place of the pass-through one: replies/s with the reference's class.
+        On the client's CPU it runs at SERVER_PRIORITY, as serve_load does;
+        on the server's at normal priority, behind the server."""
         self.count.detach()
         self.live.attach()
         try:
             before = self.live.counts()
-            sent = self.live.send(int(LIVE_MAX_RATE * seconds), seconds, cpu=cpu)
+            if cpu == self.client_cpu:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(SERVER_PRIORITY))
+            try:
+                sent = self.live.send(int(LIVE_MAX_RATE * seconds), seconds, cpu=cpu)
+            finally:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             time.sleep(LIVE_DRAIN)
             after = self.live.counts()
         finally:
@@ -349,6 +358,8 @@ def report(results: dict, model: Model, name: str, s: Settings, b: Bench, pinned
                       "server_cpu": b.server_cpu,
                       "s0_napi_threads_pinned": len(pinned),
                       "server_priority": f"SCHED_FIFO {SERVER_PRIORITY}",
+                      "client_priority": f"SCHED_FIFO {SERVER_PRIORITY} (live generator on the "
+                                         "server's CPU: normal)",
                       "c0_qdisc": "pfifo_fast",
                       "load_client": "traffic/serve_load.c (sendmmsg/recvmmsg, one socket)",
                       "live_generator": "traffic/reqgen.py (BPF_PROG_RUN live frames)",
