@@ -25,6 +25,8 @@ and with the live-frames request generator (traffic/reqgen.py, on the
 client's CPU), which sends requests faster than any server here answers
 and counts the replies whose class is the reference's:
   live     replies/s, the generator sending as fast as it can
+  live_1cpu  the same with the generator on the server's CPU, at normal
+           priority: one CPU for generator and server, for both alike
 
 serve_load's one socket tops out near the servers' own peaks on a busy
 machine (`generator_bound`); the live generator does not, and it reaches a
@@ -197,12 +199,13 @@ class Bench:
         self.live.attach()
         try:
             before = self.live.counts()
+            policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
             if cpu == self.client_cpu:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(SERVER_PRIORITY))
             try:
                 sent = self.live.send(int(LIVE_MAX_RATE * seconds), seconds, cpu=cpu)
             finally:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                os.sched_setscheduler(0, policy, param)
             time.sleep(LIVE_DRAIN)
             after = self.live.counts()
         finally:
