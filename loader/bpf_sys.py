@@ -237,6 +237,12 @@ def link_detach(link_fd: int, what: str) -> None:
     _check(lib().bpf_link_detach(link_fd), f"detach {what}")
 
 
+def link_update(link_fd: int, prog_fd: int, what: str) -> None:
+    """Replaces the link's program in one step: the interface never runs
+    without one (which on veth would tear down its NAPI and threads)."""
+    _check(lib().bpf_link_update(link_fd, prog_fd, None), f"replace the program of {what}")
+
+
 class LinkInfo(ctypes.Structure):
     """struct bpf_link_info (UAPI) for an XDP link: the union starts at 16."""
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),

@@ -150,8 +150,13 @@ def test_bench_serving_writes_every_documented_key(tmp_path):
     for kind in ("xdp", "user_c"):
         v = s["servers"][kind]
         assert v["peak"] > 0 and set(v["loads"]) == {"0.1", "0.5", "0.9"}
+        for live in ("live", "live_1cpu"):  # the live generator, its replies all right
+            assert set(v[live]) == {"rate", "offered", "unanswered", "sent"}
+            assert v[live]["rate"]["median"] > 0 and v[live]["sent"] > 0
         for x in v["loads"].values():
             assert set(x) == {"rate", "lost", "sent", "p50", "p90", "p99"}
             assert set(x["p50"]) == SUMMARY_KEYS and len(x["p50"]["trials"]) == 2
             assert x["sent"] > 0
+    assert {"peak_flood", "peak_window", "peak_live", "peak_live_1cpu"} <= set(s["ratios"])
+    assert s["setup"]["server_priority"].startswith("SCHED_FIFO")
     assert "| XDP (attach --serve) |" in (out / "bench.md").read_text()
