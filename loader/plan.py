@@ -132,7 +132,7 @@ def make(model: Model, path: str | None, n: int, measured: bool = False, mtu: in
     try:
         slowest, cuts = min_max_cut(costs, n, insns, BUDGET)
     except ValueError as e:
-        raise UsageError(f"plan {model.shape}: --stages {n}: {e}") from None
+        raise UsageError(f"--stages {n}: model {model.shape}: {e}") from None
     rows = []
     for s, (a, b) in enumerate(cuts):
         out_bits = model.sizes[b] if b < len(ns) else 0
