@@ -255,6 +255,9 @@ def cmd_status(args):
         for k, m in r.get("models", {}).items():
             lines.append(f"  model {k}: {m['shape']} {m['path']} (sha256 {m['sha256'][:12]}, "
                          f"prog id {m['prog_id']}, model map {m['model_map_id']})")
+        if r.get("stages"):
+            lines.append(f"  {len(r['stages'])} stages (tail calls): "
+                         + " | ".join(f"layers {a}..{b - 1}" for a, b in r["stages"]))
     out(args, recs, "\n".join(lines))
 
 

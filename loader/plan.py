@@ -14,7 +14,6 @@ import math
 import os
 
 import numpy as np
-
 from xdpnn.loader import cost, stages
 from xdpnn.loader.errors import ModelFileError, UsageError
 from xdpnn.trainer.model import DEFAULT_PORT, Model

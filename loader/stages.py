@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from xdpnn.bpf.shared import DEFINES, ENUMS, python_names
 from xdpnn.loader import bpf_sys, compile, progarray
 from xdpnn.loader.errors import UsageError

@@ -9,10 +9,9 @@ import itertools
 import json
 import os
 
+import cli
 import numpy as np
 import pytest
-
-import cli
 from xdpnn.loader import bpf_sys, compile, layout, maps, plan, stages, testrun
 from xdpnn.loader.errors import BuildError, UsageError
 from xdpnn.trainer import reference
