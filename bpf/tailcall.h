@@ -25,20 +25,8 @@
 #ifdef NN_PIN_DIR
 #define NN_SHARED(type, leaf, name, entries) \
 	BPF_TABLE_PINNED(type, __u32, leaf, name, entries, NN_PIN_DIR "/" #name)
-/* A shared DEVMAP: BCC's BPF_DEVMAP declaration (the table type with its
- * redirect_map method) in the section of a pinned table. */
-#define NN_SHARED_DEVMAP(name, entries)                                             \
-	struct name##_table_t {                                                      \
-		__u32 key;                                                           \
-		int leaf;                                                            \
-		u64 (*redirect_map)(int, int);                                       \
-		__u32 max_entries;                                                   \
-	};                                                                           \
-	__attribute__((section("maps/devmap:" NN_PIN_DIR "/" #name))) struct name##_table_t \
-		name = {.max_entries = (entries)}
 #else
 #define NN_SHARED(type, leaf, name, entries) BPF_TABLE(type, __u32, leaf, name, entries)
-#define NN_SHARED_DEVMAP(name, entries) BPF_DEVMAP(name, entries)
 #endif
 
 #endif

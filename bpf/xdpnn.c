@@ -26,7 +26,11 @@
  * (its actions) and shares the forwarding ports (nn_tx_port).
  *
  * Flow mode (NN_INPUT_FLOW, flow.h): the input is the packet's flow record,
- * and a flow whose class is final skips inference. */
+ * and a flow whose class is final skips inference.
+ *
+ * Stages (NN_STAGE=s, stage.h, docs/partitioning.md): a model too big for
+ * one program runs as several, each computing a range of layers, chained
+ * by tail calls; stage 0 is the attached program. */
 #include "xdpnn_shared.h"
 
 #ifndef NN_MODEL_ID
@@ -47,6 +51,11 @@ _Static_assert(NN_MODEL_ID >= 0 && NN_MODEL_ID < NN_SRV_MODELS, "a model id inde
 #include "tailcall.h"
 #if NN_INPUT_MODE == NN_INPUT_FLOW
 #include "flow.h"
+#endif
+#if defined(NN_STAGE) && NN_STAGE > 0
+#define NN_LATER_STAGE 1 /* opens the first stage's maps (stage.h) */
+#else
+#define NN_LATER_STAGE 0
 #endif
 #ifdef NN_SERVE
 #include "serve.h"
@@ -82,16 +91,38 @@ NN_SHARED("array", struct nn_config, nn_config, 1);
 #endif
 /* Counters per input result, verdict and class, one entry per ingress side;
  * read by `xdpnn stats` and the exporter. */
+#if NN_LATER_STAGE
+NN_SHARED("percpu_array", struct nn_counters, nn_counters, NN_SIDES);
+#else
 BPF_PERCPU_ARRAY(nn_counters, struct nn_counters, NN_SIDES);
+#endif
 /* Egress ports: the forwarding pair (slots 0, 1), then redirect targets;
  * written by the loader. */
-#ifdef NN_BY_PORT
-NN_SHARED_DEVMAP(nn_tx_port, NN_TX_SLOTS); /* the attached program's: the same egress */
+#if NN_LATER_STAGE || defined(NN_BY_PORT)
+/* The attached program's, opened at its pin: the same egress. */
+BPF_XDP_REDIRECT_MAP("devmap:" NN_PIN_DIR "/nn_tx_port", int, nn_tx_port, NN_TX_SLOTS);
 #else
 BPF_DEVMAP(nn_tx_port, NN_TX_SLOTS);
 #endif
+#ifdef NN_STAGE
+#include "stage.h"
+/* Activations between stages, and why a stage refused some (stage.h). */
+NN_SHARED("percpu_array", struct nn_stage_act, nn_stage, NN_STAGE_SLOTS);
+NN_SHARED("percpu_array", __u64, nn_stage_err, NN_STAGE__COUNT);
+#if !NN_STAGE_LAST
+/* The next stage's program, in slot 0; filled by the loader. */
+NN_PROG_ARRAY(nn_next, 1);
+#endif
 
-#if NN_MODEL_ID == 0
+static __always_inline void stage_count(__u32 reason)
+{
+	__u64 *n = nn_stage_err.lookup(&reason);
+	if (n)
+		(*n)++;
+}
+#endif
+
+#if NN_MODEL_ID == 0 && !NN_LATER_STAGE
 /* The attach record (JSON) that `xdpnn status` and later commands read;
  * written by the loader, never read by the program.  It names the added
  * models too, so they have none of their own. */
@@ -195,6 +226,56 @@ static __always_inline int verdict(struct nn_counters *c, int v)
 	return v;
 }
 
+/* The class's action (nn_config.action), counted. */
+static __always_inline int act(struct xdp_md *ctx, const struct nn_config *cfg,
+			       struct nn_counters *c, __u32 cls)
+{
+	switch (cfg->action[cls]) {
+	case NN_ACT_PASS:
+		return verdict(c, XDP_PASS);
+	case NN_ACT_DROP:
+		return verdict(c, XDP_DROP);
+	case NN_ACT_REDIRECT:
+		/* A target that is gone (the kernel empties its slot) leaves the
+		 * packet on the default path, like a class that is only counted. */
+		if (nn_tx_port.redirect_map(cfg->tx_slot[cls], 0) == XDP_REDIRECT)
+			return verdict(c, XDP_REDIRECT);
+		return verdict(c, forward(ctx, cfg));
+	case NN_ACT_COUNT:
+	default:
+		return verdict(c, forward(ctx, cfg));
+	}
+}
+
+#ifdef NN_STAGE
+/* This stage's layers on the activations in s->a, then the next stage (by
+ * tail call) or, in the last, the class's action. */
+static __always_inline int stage_run(struct xdp_md *ctx, const struct nn_config *cfg,
+				     struct nn_counters *c, struct nn_scratch *s)
+{
+	__u32 zero = 0;
+	void *inner = nn_model.lookup(&zero);
+	struct nn_model_words *model = inner ? bpf_map_lookup_elem(inner, &zero) : NULL;
+	if (!model)
+		return verdict(c, forward(ctx, cfg));
+	__u64 *out;
+	__u32 cls = stage_layers(model->w, s->a, s->b, &out) & (NN_MAX_CLASSES - 1);
+#if NN_STAGE_LAST
+	c->class_packets[cls]++;
+	return act(ctx, cfg, c, cls);
+#else
+	__u32 slot = (NN_STAGE + 1) % NN_STAGE_SLOTS;
+	struct nn_stage_act *next = nn_stage.lookup(&slot);
+	if (!next)
+		return verdict(c, forward(ctx, cfg)); /* cannot happen: array entries exist */
+	stage_write(next, out);
+	nn_next.call(ctx, 0); /* BCC: bpf_tail_call(); returns only if the slot is empty */
+	stage_count(NN_STAGE_NO_NEXT);
+	return verdict(c, forward(ctx, cfg));
+#endif
+}
+#endif
+
 int xdpnn(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
@@ -211,7 +292,7 @@ int xdpnn(struct xdp_md *ctx)
 #ifdef NN_FORWARD_ONLY
 	return verdict(c, forward(ctx, cfg));
 #endif
-#if NN_MODEL_ID == 0 && !defined(NN_SERVE)
+#if NN_MODEL_ID == 0 && !defined(NN_SERVE) && !NN_LATER_STAGE
 	if (cfg->port_models) {
 		/* A packet to a port with a model of its own goes to that
 		 * model's program; an empty slot returns here, and the attached
@@ -222,6 +303,17 @@ int xdpnn(struct xdp_md *ctx)
 			nn_progs.call(ctx, *id); /* BCC: bpf_tail_call() */
 	}
 #endif
+#if NN_LATER_STAGE
+	/* Activations from the stage before, or a reason to refuse them. */
+	__u32 slot = NN_STAGE % NN_STAGE_SLOTS;
+	struct nn_stage_act *got = nn_stage.lookup(&slot);
+	int refused = got ? stage_read(got, s->a) : NN_STAGE_BAD_DIGEST;
+	if (refused >= 0) {
+		stage_count(refused);
+		return verdict(c, XDP_DROP);
+	}
+	return stage_run(ctx, cfg, c, s);
+#else
 
 	/* s->a holds the input, then alternates with s->b as layers run. */
 #ifdef NN_SERVE
@@ -258,6 +350,9 @@ int xdpnn(struct xdp_md *ctx)
 		return verdict(c, forward(ctx, cfg));
 	}
 	c->input[NN_IN_CLASSIFIED]++;
+#ifdef NN_STAGE
+	return stage_run(ctx, cfg, c, s);
+#else
 	__u32 cls;
 #if NN_INPUT_MODE == NN_INPUT_FLOW
 	if (!flow)
@@ -295,19 +390,7 @@ classified:
 	return verdict(c, answer(ctx, s));
 #endif
 
-	switch (cfg->action[cls]) {
-	case NN_ACT_PASS:
-		return verdict(c, XDP_PASS);
-	case NN_ACT_DROP:
-		return verdict(c, XDP_DROP);
-	case NN_ACT_REDIRECT:
-		/* A target that is gone (the kernel empties its slot) leaves the
-		 * packet on the default path, like a class that is only counted. */
-		if (nn_tx_port.redirect_map(cfg->tx_slot[cls], 0) == XDP_REDIRECT)
-			return verdict(c, XDP_REDIRECT);
-		return verdict(c, forward(ctx, cfg));
-	case NN_ACT_COUNT:
-	default:
-		return verdict(c, forward(ctx, cfg));
-	}
+	return act(ctx, cfg, c, cls);
+#endif /* NN_STAGE */
+#endif /* NN_LATER_STAGE */
 }

@@ -153,4 +153,30 @@ struct nn_serve_counters {
 	__u64 status[NN_SRV__COUNT];  /* enum nn_srv_status */
 };
 
+/* Stages (docs/partitioning.md): a model cut into programs of contiguous
+ * layers that hand the activations on in a struct nn_stage_act.  Layers
+ * are numbered 0 .. hidden layers, the last being the output layer. */
+#define NN_STAGE_MAX_WORDS 16 /* activations of up to 1024 neurons */
+#define NN_STAGE_SLOTS 2      /* nn_stage entries: stage s reads s % 2, writes the other */
+#define NN_STAGE_MAX 5        /* at most one stage per layer */
+
+/* Why a stage refused or lost a packet (nn_stage_err, per CPU). */
+enum nn_stage_error {
+	NN_STAGE_BAD_DIGEST = 0, /* activations of another model: dropped */
+	NN_STAGE_BAD_LAYER,      /* activations for another layer: dropped */
+	NN_STAGE_BAD_BITS,       /* an activation count this layer does not take: dropped */
+	NN_STAGE_NO_NEXT,        /* the next stage's slot was empty: default path */
+	NN_STAGE__COUNT,
+};
+
+/* The activations carried from a stage to the next.  Little endian words;
+ * digest: the first 8 bytes of the model's sha256 over sizes and weights
+ * (loader/stages.py digest()), read as a little-endian u64. */
+struct nn_stage_act {
+	__u64 digest;
+	__u32 next_layer;              /* the layer that takes these activations */
+	__u32 bits;                    /* activations: that layer's input count */
+	__u64 w[NN_STAGE_MAX_WORDS];   /* packed as the model's inputs (docs/model-format.md) */
+};
+
 #endif

@@ -181,7 +181,8 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=drop
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=redirect:mon0
   sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic
-  sudo xdpnn -n srv attach s0 --model model.npz --serve""", options=[
+  sudo xdpnn -n srv attach s0 --model model.npz --serve
+  sudo xdpnn attach veth0 --model lfc.npz --plan lfc-plan.json""", options=[
     arg("iface", type=IFNAME, help="interface to attach to"),
     arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
     arg("--peer", type=IFNAME, metavar="IFACE2",
@@ -197,6 +198,10 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
     arg("--serve", action="store_true",
         help="payload mode: answer requests with a header (docs/serving.md) from XDP, "
              "XDP_TX, over IPv4 and IPv6; see `xdpnn query`"),
+    arg("--plan", metavar="PLAN.json",
+        help="run the model as the tail-call stages of this plan (`xdpnn plan --out`); "
+             "without it, a model over one program's verifier budget is cut automatically "
+             "(docs/partitioning.md)"),
 ])
 def cmd_attach(args):
     from xdpnn.loader import datapath
@@ -204,11 +209,12 @@ def cmd_attach(args):
         return print_ebpf(datapath.load_model(args.model))
     rec = datapath.attach(args.iface, args.model, peer=args.peer, input_mode=args.input,
                           port=args.port, actions=args.action, xdp_mode=args.xdp_mode,
-                          ns=args.netns, serve=args.serve)
+                          ns=args.netns, serve=args.serve, plan_path=args.plan)
     where = f" (netns {args.netns})" if args.netns else ""
     peer = f", forwarding to {args.peer}" if args.peer else ""
     port = f" port {rec['port']}" if rec["port"] else ""
     port += ", serving" if rec["serve"] else ""
+    port += f", {len(rec['stages'])} stages" if rec.get("stages") else ""
     out(args, rec, f"attached {rec['model']['shape']} ({rec['input']}{port}) to "
                    f"{args.iface}{where}{peer}, {args.xdp_mode} mode")
 
@@ -253,6 +259,9 @@ def cmd_status(args):
                 by_port = f"\n    packets to port {m['port']}; actions: {acts or 'count all'}"
             lines.append(f"  model {k}: {m['shape']} {m['path']} (sha256 {m['sha256'][:12]}, "
                          f"prog id {m['prog_id']}, model map {m['model_map_id']}){by_port}")
+        if r.get("stages"):
+            lines.append(f"  {len(r['stages'])} stages (tail calls): "
+                         + " | ".join(f"layers {a}..{b - 1}" for a, b in r["stages"]))
     out(args, recs, "\n".join(lines))
 
 
@@ -324,6 +333,10 @@ def format_stats(s: dict, prev: dict | None) -> str:
         classes = ", ".join(f"{c} {v}" for c, v in m["classes"].items() if v) or "none"
         verdicts = ", ".join(f"{c} {v}" for c, v in m["verdict"].items() if v) or "none"
         lines.append(f"  model {k} ({m['shape']}) classes: {classes}; verdict: {verdicts}")
+    if "stages" in s:
+        st = s["stages"]
+        lines.append(f"  stages: {' | '.join(f'layers {a}..{b - 1}' for a, b in st['layers'])}; "
+                     "refused: " + ", ".join(f"{k} {v}" for k, v in st["errors"].items()))
     return "\n".join(lines)
 
 
@@ -538,7 +551,9 @@ def cmd_capture(args):
 @command("verify", "random inputs through the kernel and the reference; exit code 6 on any "
                    "mismatch", """
   sudo xdpnn verify --model model.npz --samples 10000
-  sudo xdpnn verify --shape 784-256-256-10 --samples 10000 --seed 7""", options=[
+  sudo xdpnn verify --shape 784-256-256-10 --samples 10000 --seed 7
+  sudo xdpnn verify --shape 784-1024-1024-1024-10 --samples 2000     as stages
+  sudo xdpnn verify --model lfc.npz --plan lfc-plan.json""", options=[
     one_of(arg("--model", metavar="FILE"),
            arg("--shape", type=SHAPE, help="a random model of this shape, like 784-64-32-10")),
     arg("--input", choices=("payload", "headers"), default="payload",
@@ -549,6 +564,9 @@ def cmd_capture(args):
     arg("--graph", metavar="ONNX",
         help="compare with the framework running this (Q)ONNX graph (or Larq .h5/.keras "
              "model) instead of the reference: the file `xdpnn import` read"),
+    arg("--plan", metavar="PLAN.json",
+        help="run the model as the tail-call stages of this plan (`xdpnn plan --out`); "
+             "without it, a model over one program's verifier budget is cut automatically"),
 ])
 def cmd_verify(args):
     from xdpnn.loader import datapath, testrun
@@ -568,7 +586,10 @@ def cmd_verify(args):
     def progress(done, total):
         if not args.json and sys.stderr.isatty():
             print(f"\r  {done}/{total} inputs", end="", file=sys.stderr, flush=True)
-    res = testrun.verify(model, args.samples, seed=args.seed, progress=progress, oracle=oracle)
+    from xdpnn.loader import plan
+    cuts = plan.load(args.plan, model) if args.plan else plan.auto_cuts(model)
+    res = testrun.verify(model, args.samples, seed=args.seed, progress=progress, oracle=oracle,
+                         cuts=cuts if cuts and len(cuts) > 1 else None)
     res["against"] = against
     if not args.json and sys.stderr.isatty():
         print(file=sys.stderr)
@@ -576,6 +597,9 @@ def cmd_verify(args):
             f"{res['mismatches']} mismatches between kernel and {against} "
             f"({res['classes_seen']} classes seen, {res['verified_insns']} instructions "
             f"verified, {res['seconds']} s)")
+    if res.get("stages"):
+        text += "\n  stages: " + " | ".join(f"layers {a}..{b - 1} ({s['verified_insns']} insns)"
+                                           for s in res["stages"] for a, b in [s["layers"]])
     for ex in res["examples"]:
         text += f"\n  input {ex['index']}: kernel {ex['kernel']}, {against} {ex['reference']}"
     out(args, res, text)
@@ -589,6 +613,47 @@ def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_
         return random_model(shape_sizes(shape), seed=seed, mode=mode, port=port)
     except ModelError as e:
         raise errors.ModelFileError(f"shape {shape}: {e}") from None
+
+
+@command("plan", "cut a model into stages for the fastest slowest stage (docs/partitioning.md)", """
+  xdpnn plan --model lfc.npz --stages 3
+  xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json
+  sudo xdpnn plan --model lfc.npz --stages 4 --measure -j      layer costs from test runs""",
+         root=False, options=[
+    arg("--model", required=True, metavar="FILE"),
+    arg("--stages", type=int_in(1, 5), required=True, metavar="N",
+        help="number of stages, at most one per layer"),
+    arg("--measure", action="store_true",
+        help="time each layer with test runs (root, compiles one stage per layer) instead "
+             "of predicting it from the cost model"),
+    arg("--mtu", type=int_in(68, 65535), default=1500,
+        help="check that the activations between stages fit a packet of this MTU (1500)"),
+    arg("--out", metavar="PLAN.json", help="write the plan, for attach and verify --plan"),
+])
+def cmd_plan(args):
+    from xdpnn.loader import datapath, plan
+    model = datapath.load_model(args.model)
+    if args.measure and os.geteuid() != 0:
+        raise errors.PrivilegeError("plan --measure: test runs need root (sudo)")
+    if args.stages > len(model.sizes) - 1:
+        raise UsageError(f"--stages {args.stages}: model {model.shape} has "
+                         f"{len(model.sizes) - 1} layers, at most one stage each")
+    p = plan.make(model, args.model, args.stages, measured=args.measure, mtu=args.mtu)
+    if args.out:
+        plan.save(p, args.out)
+    lines = [f"plan for {model.shape}: {args.stages} stages, {p['costs']} costs"]
+    for r in p["stages"]:
+        a, b = r["layers"]
+        act = (f", {r['activation_bytes']} bytes to the next" + ("" if r["fits_mtu"] else
+                                                                 f" (over MTU {args.mtu})")
+               if r["activation_bytes"] else "")
+        lines.append(f"  stage {r['stage']}: layers {a}..{b - 1}, {r['ns']:.0f} ns, "
+                     f"{r['verified_insns']:,} predicted insns{act}")
+    lines.append(f"  slowest stage {p['slowest_ns']:.0f} ns: {p['throughput_pps']['pipelined']:,} "
+                 f"packets/s with a CPU per stage, {p['throughput_pps']['one_cpu']:,} on one CPU")
+    if args.out:
+        lines.append(f"  wrote {args.out}")
+    out(args, p, "\n".join(lines))
 
 
 @command("model random", "write a model with random weights (tests, benchmarks)", """

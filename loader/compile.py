@@ -103,15 +103,18 @@ def check_kernel_headers() -> None:
 
 
 def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (),
-          methods=None, added_to: str | None = None, model_id: int = 0) -> Program:
+          methods=None, added_to: str | None = None, model_id: int = 0,
+          extra_maps: tuple[str, ...] = (), what: str | None = None) -> Program:
     """Compiles and loads the program for model, puts the model in force.
     methods forces each hidden layer's method (tests, measurements); a
     program built so must be given models with write_model(..., methods).
     added_to: the pin folder of an attached serving program; the program
     built serves model_id beside it and shares its nn_config and nn_serve
     (bpf/tailcall.h), which this build leaves as they are; without NN_SERVE
-    it is a model chosen by port, with an nn_config of its own that the
-    caller fills (loader/multimodel.py)."""
+    and with a model_id, it is a model chosen by port, with an nn_config of
+    its own that the caller fills (loader/multimodel.py).  Stages
+    (loader/stages.py) pass their flags in defines, the maps they hand out
+    besides the usual ones in extra_maps, and name themselves in what."""
     if sys.byteorder != "little":
         raise MissingFeatureError("compile: the weight layout (docs/model-format.md) is "
                                   "little-endian, and this CPU is big-endian")
@@ -122,11 +125,13 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
         defines = (*defines, f"NN_MODEL_ID={model_id}", f'NN_PIN_DIR="{added_to}"')
     text, cflags = source_and_flags(model, record_input, defines, methods)
     own = maps.MAP_NAMES if not added_to else \
-        maps.ADDED_MAP_NAMES if "NN_SERVE" in defines else maps.PORT_MODEL_MAP_NAMES
-    names = ("nn_model_words",) + own + (("nn_last",) if record_input else ())
+        maps.PORT_MODEL_MAP_NAMES if model_id and "NN_SERVE" not in defines else \
+        maps.ADDED_MAP_NAMES
+    names = ("nn_model_words",) + own + (("nn_last",) if record_input else ()) \
+        + tuple(extra_maps)
     if model.mode == "flow":
         names += ("nn_flows", "nn_flow_clock")
-    what = f"model {model.shape}" + (f" (id {model_id})" if added_to else "")
+    what = what or f"model {model.shape}" + (f" (id {model_id})" if added_to else "")
     prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, what)
     prog = Program(prog_fd=prog_fd, maps=fds, model=model, cflags=cflags,
                    record_input=record_input, methods=methods)

@@ -156,9 +156,12 @@ def model_summary(model: model_file.Model, path: str) -> dict:
 
 def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str | None = None,
            port: int | None = None, actions: list[str] = (), xdp_mode: str = "native",
-           ns: str | None = None, serve: bool = False) -> dict:
+           ns: str | None = None, serve: bool = False, plan_path: str | None = None) -> dict:
     """Validates, compiles, fills maps, pins and attaches; all or nothing.
-    serve: answer requests to the port with XDP_TX (docs/serving.md)."""
+    serve: answer requests to the port with XDP_TX (docs/serving.md).
+    A model over one program's verifier budget runs as tail-call stages,
+    cut by the planner or as plan_path says (docs/partitioning.md)."""
+    from xdpnn.loader import plan
     model = load_model(model_path)
     if input_mode and input_mode != model.mode:
         model.input = {"mode": input_mode}
@@ -177,12 +180,23 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     if peer == iface:
         raise UsageError(f"--peer {peer}: the peer must be another interface")
     acts = parse_actions(list(actions), model.classes)
+    cuts = plan.load(plan_path, model) if plan_path else plan.auto_cuts(model)
+    if cuts and len(cuts) > 1 and (serve or model.mode == "flow"):
+        raise UsageError(f"model {model.shape} runs as {len(cuts)} stages, and stages run "
+                         f"payload and headers models without serving, not "
+                         f"{'--serve' if serve else 'flow mode'} (docs/partitioning.md)")
     ensure_bpffs()
     with writer_lock(iface, ns):
-        return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve)
+        return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve,
+                       cuts if cuts and len(cuts) > 1 else None)
 
 
-def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve) -> dict:
+def stage_pins(s: int, last: bool) -> tuple[str, ...]:
+    """The pins of stage s >= 1 beside stage 0's (bpffs refuses dots)."""
+    return tuple(f"stage{s}_{n}" for n in ("prog", "nn_model") + (() if last else ("nn_next",)))
+
+
+def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cuts) -> dict:
     pdir = pin_dir(iface, ns)
     if os.path.exists(pdir):
         raise StateError(f"{iface}: xdpnn is already attached ({pdir}); "
@@ -203,10 +217,18 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve) -> 
               "serve": serve, "model": model_summary(model, model_path),
               "actions": dict(zip(model.classes, acts)), "prog_id": 2**32 - 1,
               "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if cuts:
+        record["stages"] = [list(c) for c in cuts]
     encode_record(record)  # before compiling: the widest prog_id, so it fits later too
 
-    prog = compile.build(model, defines=("NN_SERVE",) if serve else ())
     with ExitStack() as undo:
+        if cuts:  # later stages open stage 0's maps through pins while they load
+            from xdpnn.loader import stages
+            os.makedirs(pdir)
+            undo.callback(remove_pins, pdir)
+            prog = stages.build(model, cuts, pdir)
+        else:
+            prog = compile.build(model, defines=("NN_SERVE",) if serve else ())
         undo.callback(prog.close)
         cfg = maps.Config(udp_port=port)
         cfg.ifindex[0] = idx[0]
@@ -221,12 +243,21 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve) -> 
                 bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i), "nn_tx_port")
             write_redirects(prog.maps["nn_tx_port"], targets)
 
-        os.makedirs(pdir)
-        undo.callback(remove_pins, pdir)
+        if not cuts:
+            os.makedirs(pdir)
+            undo.callback(remove_pins, pdir)
         bpf_sys.pin(prog.prog_fd, f"{pdir}/prog")
         for name in maps.MAP_NAMES + maps.FLOW_MAP_NAMES:
-            if name in prog.maps:  # the flow table: flow mode only
+            # Stages pinned the shared ones; the flow table is flow mode's only.
+            if name in prog.maps and not os.path.exists(f"{pdir}/{name}"):
                 bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
+        if cuts:  # a program array keeps its slots only while a pin holds it
+            bpf_sys.pin(prog.maps["nn_next"], f"{pdir}/nn_next")
+            for s, p in enumerate(prog.stages[1:], 1):
+                last = s == len(cuts) - 1
+                for pin, fd in zip(stage_pins(s, last),
+                                   (p.prog_fd, p.maps["nn_model"], p.maps.get("nn_next"))):
+                    bpf_sys.pin(fd, f"{pdir}/{pin}")
 
         with netns(ns):
             for pin, name, i in zip(LINK_PINS, ifaces, idx):
@@ -477,6 +508,11 @@ def stats(iface: str, ns: str | None) -> dict:
                                     for k, name in enumerate(classes)}}
         if table is not None:
             out["flows"]["table"] = flow_table_summary(table, events["new"], classes)
+    if rec.get("stages"):
+        from xdpnn.loader import stages
+        with Pinned(iface, ns) as p:
+            out["stages"] = {"layers": rec["stages"],
+                             "errors": stages.read_errors(p.open("nn_stage_err"))}
     if serving:
         # Per model id; ids without a model show only if something asked for them.
         out["serve"] = {f"model {k}" if k < maps.SRV["models"] else "other": e
@@ -559,6 +595,9 @@ def swap(iface: str, ns: str | None, model_path: str, model_id: int = 0) -> dict
             outer = p.open(added_pin(model_id, "nn_model"))
         else:
             old, mode, outer = rec["model"], rec["input"], p.fds["nn_model"]
+            if rec.get("stages"):
+                raise UsageError(f"{iface}: the model runs as {len(rec['stages'])} stages, "
+                                 "each checking the model's digest: detach and attach")
         if new.shape != old["shape"] or new.mode != mode:
             which = f"model {model_id}" if model_id else "the attached one"
             raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); {which} "

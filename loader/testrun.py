@@ -92,7 +92,7 @@ def expected(model: Model, frame: bytes, port: int) -> tuple[str, int | None, np
 
 
 def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=None,
-           oracle=None) -> dict:
+           oracle=None, cuts=None) -> dict:
     """Random inputs through the kernel and the reference; counts mismatches.
 
     oracle(bits) -> classes replaces the reference: `verify --graph` compares
@@ -100,6 +100,8 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
 
     Payload mode sends random input bits as requests; headers mode sends
     random TCP/UDP/ICMP packets, whose bits come from the Python twin.
+    cuts: run the model as tail-call stages of these [first, end) layer
+    ranges (loader/stages.py); the frames go to stage 0.
     """
     from xdpnn.traffic import packets  # scapy loads only for commands that build frames
 
@@ -114,7 +116,11 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
                          for f in frames])
     want = oracle(bits) if oracle else reference.predict(model, bits)
     started = time.monotonic()
-    prog = compile.build(model, methods=methods) if methods else compile.build(model)
+    if cuts:
+        from xdpnn.loader import stages
+        prog = stages.build_unpinned(model, cuts, methods=methods)
+    else:
+        prog = compile.build(model, methods=methods) if methods else compile.build(model)
     mismatches, examples = 0, []
     try:
         runner = Runner(prog, port)
@@ -127,12 +133,15 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
                                      "result": out.result, "frame_hex": frame.hex()})
             if progress and (i + 1) % 1000 == 0:
                 progress(i + 1, samples)
-        info = bpf_sys.prog_info(prog.prog_fd)
+        infos = [bpf_sys.prog_info(p.prog_fd) for p in getattr(prog, "stages", [prog])]
     finally:
         prog.close()
     return {"model": model.shape, "input": model.mode, "samples": samples, "seed": seed,
             "mismatches": mismatches, "examples": examples,
             "classes_seen": int(len(np.unique(want))),
-            "verified_insns": info.verified_insns, "xlated_insns": info.xlated_prog_len // 8,
+            "verified_insns": sum(i.verified_insns for i in infos),
+            "xlated_insns": sum(i.xlated_prog_len for i in infos) // 8,
+            "stages": [{"layers": list(c), "verified_insns": i.verified_insns}
+                       for c, i in zip(getattr(prog, "cuts", []), infos)],
             "methods": "".join(prog.methods),
             "seconds": round(time.monotonic() - started, 2)}

@@ -31,6 +31,7 @@ def bases(tmp, ns):
         "set": (["-n", ns], ["set"], ["lo"], {"--action": "all=drop"}),
         "predict": ([], ["predict"], [], {"--model": missing, "--hex": "00" * 14}),
         "verify": ([], ["verify"], [], {"--model": missing}),
+        "plan": ([], ["plan"], [], {"--model": missing, "--stages": "2"}),
         "model random": ([], ["model", "random"], ["100-7-3"], {"--out": str(tmp / "r.npz")}),
         "model show": ([], ["model", "show"], [missing], {}),
         "model add": (["-n", ns], ["model", "add"], ["lo"], {"--model": missing, "--id": "1"}),

@@ -27,11 +27,12 @@ FORMAT = "xdpnn-bnn"
 VERSION = 1
 
 # What the XDP program supports (docs/model-format.md, "Limits").  Sizes past
-# these would overflow the 512-byte BPF stack or the verifier's budget.
+# these would overflow the 512-byte BPF stack or the verifier's budget of a
+# layer (a model over one program's budget runs as stages, docs/partitioning.md).
 MAX_INPUT_BITS = 1024
 MAX_HEADER_BITS = 256  # the headers-mode feature record is 32 bytes
 MAX_HIDDEN_LAYERS = 4
-MAX_HIDDEN_UNITS = 512
+MAX_HIDDEN_UNITS = 1024  # 1024x1024 is ~320K verified instructions, one stage
 MAX_CLASSES = 64
 THRESHOLD_RANGE = (-(2**31), 2**31 - 1)
 SCALE_RANGE = (-(2**16), 2**16)
@@ -43,10 +44,10 @@ DEFAULT_PORT = 9595
 # refuses anything larger before reading it.
 LARGEST_MODEL = [MAX_INPUT_BITS] + [MAX_HIDDEN_UNITS] * MAX_HIDDEN_LAYERS + [MAX_CLASSES]
 MAX_ARRAY_BYTES = (sum(o * -(-i // 8) for i, o in zip(LARGEST_MODEL, LARGEST_MODEL[1:]))
-                   + 8 * sum(LARGEST_MODEL[1:-1]) + 2 * 8 * MAX_CLASSES)  # 185,344
+                   + 8 * sum(LARGEST_MODEL[1:-1]) + 2 * 8 * MAX_CLASSES)  # 566,272
 MAX_HEADER_BYTES = 256 * 1024  # the JSON header; a 64-class training report is ~60 KB
 NPY_HEADER_BYTES = 4096  # one .npy member's own header (NumPy writes 128 bytes)
-MAX_FILE_BYTES = 4 * (MAX_ARRAY_BYTES + MAX_HEADER_BYTES)  # 1,789,952
+MAX_FILE_BYTES = 4 * (MAX_ARRAY_BYTES + MAX_HEADER_BYTES)  # 3,313,664
 # Members are read (their .npy headers) before the header says which names to
 # expect, at most 12: a bound on that work, loose enough for a wrong layer count
 # to be reported as such.

@@ -1,0 +1,111 @@
+/* Stages (docs/partitioning.md): one model cut into programs of contiguous
+ * layers, chained by tail calls inside one attach.
+ *
+ * bpf/xdpnn.c built with -DNN_STAGE=s runs layers [NN_STAGE_FIRST,
+ * NN_STAGE_END) (the output layer is layer NN_HIDDEN).  Stage 0 parses the
+ * packet; every stage but the last writes its activations into nn_stage
+ * and tail-calls slot 0 of its nn_next; the last computes the output and
+ * takes the class's action.  nn_stage is per CPU: a frame's stages run one
+ * after the other on one CPU, so no other frame can come between them.
+ * Stage s reads entry s % 2 and writes the other, so a stage run again on
+ * its own (test runs with repeat, --measure) reads the same activations.
+ *
+ * Later stages (NN_PIN_DIR set by the loader) open the first stage's
+ * nn_config, nn_counters, nn_tx_port, nn_stage and nn_stage_err pins:
+ * every stage counts in one place. */
+#ifndef XDPNN_STAGE_H
+#define XDPNN_STAGE_H
+
+#if !defined(NN_STAGE_FIRST) || !defined(NN_STAGE_END) || !defined(NN_STAGE_DIGEST)
+#error "stage flags missing: the loader passes them (loader/stages.py)"
+#endif
+#if NN_STAGE > 0 && !defined(NN_PIN_DIR)
+#error "a later stage opens the first stage's maps: NN_PIN_DIR missing"
+#endif
+#if defined(NN_SERVE) || NN_INPUT_MODE == NN_INPUT_FLOW
+#error "stages run payload and headers models without serving"
+#endif
+_Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stage_act");
+
+#define NN_STAGE_LAST (NN_STAGE_END == NN_HIDDEN + 1)
+
+/* Input counts, in bits, of this stage's first layer and of the next's. */
+#if NN_STAGE_FIRST == NN_HIDDEN
+#define NN_STAGE_IN_BITS NN_OUT_IN
+#else
+#define NN_STAGE_IN_BITS NN_STAGE_PASTE(NN_L, NN_STAGE_FIRST, _IN)
+#endif
+#if NN_STAGE_END == NN_HIDDEN
+#define NN_STAGE_OUT_BITS NN_OUT_IN
+#elif !NN_STAGE_LAST
+#define NN_STAGE_OUT_BITS NN_STAGE_PASTE(NN_L, NN_STAGE_END, _IN)
+#endif
+#define NN_STAGE_PASTE(a, b, c) NN_STAGE_PASTE2(a, b, c)
+#define NN_STAGE_PASTE2(a, b, c) a##b##c
+
+/* The maps (nn_stage, nn_stage_err, nn_next) are declared in xdpnn.c: BCC
+ * rewrites map accesses in the main file only. */
+
+/* The activations for this stage (nn_stage entry NN_STAGE % 2) into x, or
+ * the reason they are refused (enum nn_stage_error); -1 when taken. */
+static __always_inline int stage_read(const struct nn_stage_act *act, __u64 *x)
+{
+	if (act->digest != NN_STAGE_DIGEST)
+		return NN_STAGE_BAD_DIGEST;
+	if (act->next_layer != NN_STAGE_FIRST)
+		return NN_STAGE_BAD_LAYER;
+	if (act->bits != NN_STAGE_IN_BITS)
+		return NN_STAGE_BAD_BITS;
+	__builtin_memcpy(x, act->w, NN_MAX_WORDS * 8);
+	return -1;
+}
+
+#if !NN_STAGE_LAST
+/* Hands the activations in x to the next stage (entry (NN_STAGE + 1) % 2). */
+static __always_inline void stage_write(struct nn_stage_act *act, const __u64 *x)
+{
+	act->digest = NN_STAGE_DIGEST;
+	act->next_layer = NN_STAGE_END;
+	act->bits = NN_STAGE_OUT_BITS;
+	__builtin_memcpy(act->w, x, NN_MAX_WORDS * 8);
+}
+#endif
+
+/* Hidden layer l of this stage: the stage's input is in a, and layers
+ * alternate a -> b -> a as in bnn_infer. */
+#define NN_STAGE_HIDDEN(l)                                   \
+	do {                                                 \
+		if ((l - NN_STAGE_FIRST) % 2 == 0)           \
+			NN_HIDDEN_LAYER(l, a, b);            \
+		else                                         \
+			NN_HIDDEN_LAYER(l, b, a);            \
+	} while (0)
+#define NN_STAGE_RUNS(l) (NN_STAGE_FIRST <= (l) && (l) < NN_STAGE_END && (l) < NN_HIDDEN)
+
+/* Runs this stage's layers on a; returns the class (last stage), else 0,
+ * and leaves the stage's output activations in *out. */
+static __always_inline __u32 stage_layers(const __u64 *m, __u64 *a, __u64 *b, __u64 **out)
+{
+#if NN_STAGE_RUNS(0)
+	NN_STAGE_HIDDEN(0);
+#endif
+#if NN_STAGE_RUNS(1)
+	NN_STAGE_HIDDEN(1);
+#endif
+#if NN_STAGE_RUNS(2)
+	NN_STAGE_HIDDEN(2);
+#endif
+#if NN_STAGE_RUNS(3)
+	NN_STAGE_HIDDEN(3);
+#endif
+	/* Hidden layers run here: the result is in b after an odd count. */
+#define NN_STAGE_HIDDEN_RUN ((NN_STAGE_END < NN_HIDDEN ? NN_STAGE_END : NN_HIDDEN) - NN_STAGE_FIRST)
+	*out = NN_STAGE_HIDDEN_RUN % 2 ? b : a;
+#if NN_STAGE_LAST
+	return bnn_output(m, *out);
+#else
+	return 0;
+#endif
+}
+
+#endif

@@ -1,0 +1,175 @@
+"""The planner (`xdpnn plan`, docs/partitioning.md): where to cut a model
+into stages of contiguous layers, and the plan file that says so.
+
+The cut is exact: a dynamic program over layer boundaries finds the cut
+into N stages whose slowest stage is as fast as possible (min-max), among
+the cuts where every stage stays within the verifier budget.  Layer costs
+are the cost model's predictions (loader/cost.py) or test-run timings of
+one stage per layer (measure()).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from xdpnn.loader import cost, stages
+from xdpnn.loader.errors import ModelFileError, UsageError
+from xdpnn.trainer.model import DEFAULT_PORT, Model
+
+# Predicted verified instructions one stage may take: half the verifier's
+# 1M, because the prediction's error grows with the program.
+BUDGET = 500_000
+# Bytes around the activations when stages are chained across CPUs or
+# hops, carried in the packet: IPv4 (20) + UDP (8) + struct nn_stage_act's
+# header (digest, next layer, bits: 16).
+PACKET_OVERHEAD = 20 + 8 + 16
+FORMAT = "xdpnn-plan"
+
+
+def min_max_cut(costs: list[float], n: int, insns: list[float] | None = None,
+                budget: float | None = None) -> tuple[float, list[tuple[int, int]]]:
+    """The cut of layers 0..len(costs)-1 into n contiguous non-empty stages
+    that minimizes the largest stage cost, with every stage's instructions
+    (the sum of its layers' insns) at most budget.  Ties go to the cut whose
+    stages end earliest.  ValueError when none exists."""
+    L = len(costs)
+    if not 1 <= n <= L:
+        raise ValueError(f"{n} stages of {L} layers: expected 1..{L}")
+    pre = np.concatenate([[0.0], np.cumsum(costs)])
+    ipre = np.concatenate([[0.0], np.cumsum(insns if insns is not None else [0.0] * L)])
+
+    def fits(i, j):
+        return budget is None or ipre[j] - ipre[i] <= budget
+
+    # best[k][j]: the smallest max cost of layers [0, j) in k stages.
+    best = [[math.inf] * (L + 1) for _ in range(n + 1)]
+    back = [[-1] * (L + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for k in range(1, n + 1):
+        for j in range(k, L + 1):
+            for i in range(k - 1, j):
+                if best[k - 1][i] == math.inf or not fits(i, j):
+                    continue
+                v = max(best[k - 1][i], pre[j] - pre[i])
+                if v < best[k][j]:
+                    best[k][j], back[k][j] = v, i
+    if best[n][L] == math.inf:
+        raise ValueError(f"no cut into {n} stages keeps every stage within {budget:,.0f} "
+                         "predicted instructions")
+    cuts, j = [], L
+    for k in range(n, 0, -1):
+        i = back[k][j]
+        cuts.append((i, j))
+        j = i
+    return float(best[n][L]), cuts[::-1]
+
+
+def predicted_layers(sizes: list[int], methods=None) -> tuple[list[float], list[float]]:
+    """ns and verified instructions per layer; the fixed cost (parsing, the
+    verdict) goes to layer 0, which stage 0 always holds."""
+    p = cost.predict(sizes, methods)
+    ns = [c.ns for c in p.layers]
+    insns = [c.insns for c in p.layers]
+    ns[0] += p.fixed_ns
+    insns[0] += p.fixed_insns
+    return ns, insns
+
+
+def auto_cuts(model: Model, methods=None) -> list[tuple[int, int]] | None:
+    """None when one program is within BUDGET; else the fewest stages that
+    are, cut for the fastest slowest stage."""
+    ns, insns = predicted_layers(model.sizes, methods)
+    if sum(insns) <= BUDGET:
+        return None
+    for n in range(2, len(ns) + 1):
+        try:
+            return min_max_cut(ns, n, insns, BUDGET)[1]
+        except ValueError:
+            continue
+    raise ModelFileError(f"model {model.shape}: a layer alone needs more than {BUDGET:,} "
+                         "predicted verifier instructions; stages cannot split a layer "
+                         "(docs/partitioning.md)")
+
+
+def measure(model: Model, repeat: int = 200, rounds: int = 5) -> list[float]:
+    """ns per layer from test runs: the model built as one stage per layer,
+    unchained, each stage run alone on its own activations (stage 0 on a
+    request); the median of rounds of repeat runs each."""
+    from xdpnn.loader import bpf_sys
+    from xdpnn.traffic import packets
+
+    rng = np.random.default_rng(0)
+    n = stages.layers(model)
+    built = stages.build_unpinned(model, [(k, k + 1) for k in range(n)], link=False)
+    try:
+        port = model.input.get("port", DEFAULT_PORT)
+        frame = packets.request(bytes(rng.integers(0, 256, (model.sizes[0] + 7) // 8,
+                                                   dtype=np.uint8)), port) \
+            if model.mode == "payload" else packets.random_frames(rng, 1)[0]
+        d = stages.digest(model)
+        out = []
+        for k, p in enumerate(built.stages):
+            if k:
+                words = rng.integers(0, 2**63, stages.MAX_WORDS, dtype=np.uint64)
+                stages.write_act(built.maps["nn_stage"], k % stages.SLOTS, d, k,
+                                 model.sizes[k], words)
+            times = [bpf_sys.test_run(p.prog_fd, frame, repeat=repeat)[1]
+                     for _ in range(rounds)]
+            out.append(float(np.median(times)))
+    finally:
+        built.close()
+    return out
+
+
+def make(model: Model, path: str | None, n: int, measured: bool = False, mtu: int = 1500,
+         methods=None) -> dict:
+    """The plan: n stages cut for the fastest slowest stage."""
+    ns, insns = predicted_layers(model.sizes, methods)
+    costs = measure(model) if measured else ns
+    try:
+        slowest, cuts = min_max_cut(costs, n, insns, BUDGET)
+    except ValueError as e:
+        raise UsageError(f"--stages {n}: model {model.shape}: {e}") from None
+    rows = []
+    for s, (a, b) in enumerate(cuts):
+        out_bits = model.sizes[b] if b < len(ns) else 0
+        act = PACKET_OVERHEAD + (out_bits + 7) // 8 if out_bits else 0
+        rows.append({"stage": s, "layers": [a, b], "ns": round(sum(costs[a:b]), 1),
+                     "verified_insns": round(sum(insns[a:b])), "activation_bytes": act,
+                     "fits_mtu": act <= mtu})
+    total = sum(costs)
+    return {"format": FORMAT, "version": 1,
+            "model": {"path": os.path.abspath(path) if path else None, "sha256": model.sha256,
+                      "shape": model.shape},
+            "costs": "measured" if measured else "predicted", "mtu": mtu,
+            "stages": rows, "slowest_ns": round(slowest, 1), "total_ns": round(total, 1),
+            # One CPU per stage (pipelined) against the whole chain on one CPU.
+            "throughput_pps": {"pipelined": round(1e9 / slowest), "one_cpu": round(1e9 / total)},
+            "layer_ns": [round(c, 1) for c in costs]}
+
+
+def save(plan: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(plan, f, indent=1)
+        f.write("\n")
+
+
+def load(path: str, model: Model) -> list[tuple[int, int]]:
+    """The cuts of a plan file, checked against the model it is used with."""
+    try:
+        with open(path) as f:
+            if os.fstat(f.fileno()).st_size > 1 << 20:
+                raise ValueError("more than 1 MiB")
+            plan = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--plan {path}: cannot read a plan: {e}") from None
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT or \
+            not isinstance(plan.get("stages"), list):
+        raise UsageError(f"--plan {path}: not an xdpnn plan (`xdpnn plan ... --out` writes one)")
+    shape = (plan.get("model") or {}).get("shape")
+    if shape != model.shape:
+        raise UsageError(f"--plan {path}: made for model {shape}, this model is {model.shape}")
+    cuts = [r.get("layers") if isinstance(r, dict) else None for r in plan["stages"]]
+    return stages.check_cuts(model.sizes, cuts, f"--plan {path}")

@@ -1,0 +1,192 @@
+"""Stages (docs/partitioning.md): one model built as several XDP programs,
+each running a contiguous range of layers, chained by tail calls.
+
+Stage 0 is an ordinary build of bpf/xdpnn.c with -DNN_STAGE=0 (it parses
+the packet and owns the maps); each later stage is built with NN_PIN_DIR
+set to a pin folder where stage 0's shared maps are pinned, so every
+stage reads one configuration and counts in one place (bpf/stage.h).
+Stage s-1's one-slot nn_next holds stage s.  A program array keeps its
+slots only while user space holds the array, so the caller keeps the
+descriptors (verify, tests) or pins them (attach).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from xdpnn.bpf.shared import DEFINES, ENUMS, python_names
+from xdpnn.loader import bpf_sys, compile, progarray
+from xdpnn.loader.errors import UsageError
+from xdpnn.trainer.model import Model
+
+# The maps of stage 0 that later stages open through pins (bpf/stage.h).
+SHARED = ("nn_config", "nn_counters", "nn_tx_port", "nn_serve", "nn_stage", "nn_stage_err")
+ERRORS = python_names(ENUMS["nn_stage_error"])  # bad_digest, bad_layer, bad_bits, no_next
+SLOTS = DEFINES["NN_STAGE_SLOTS"]
+MAX_WORDS = DEFINES["NN_STAGE_MAX_WORDS"]
+ACT_BYTES = 16 + 8 * MAX_WORDS  # struct nn_stage_act
+
+
+def digest(model: Model) -> int:
+    """The first 8 bytes of sha256 over the sizes (u32 each) and the weights
+    (packed bits, thresholds, output scales and biases, as in the model
+    file), as a little-endian u64: what a stage checks activations against."""
+    h = hashlib.sha256(np.asarray(model.sizes, "<u4").tobytes())
+    for l, w in enumerate(model.weights):
+        h.update(np.packbits(np.asarray(w, np.uint8), axis=1).tobytes())
+        if l < len(model.thresholds):
+            h.update(np.asarray(model.thresholds[l], "<i8").tobytes())
+    h.update(np.asarray(model.out_scale, "<i8").tobytes())
+    h.update(np.asarray(model.out_bias, "<i8").tobytes())
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+def layers(model_or_sizes) -> int:
+    """Layers a stage can hold: the hidden ones, then the output layer."""
+    return len(getattr(model_or_sizes, "sizes", model_or_sizes)) - 1
+
+
+def check_cuts(sizes: list[int], cuts: list[list[int]], what: str) -> list[tuple[int, int]]:
+    """cuts: [first, end) layer ranges, contiguous from 0 to the output layer."""
+    n = layers(sizes)
+    ok = (isinstance(cuts, list) and cuts and all(
+        isinstance(c, (list, tuple)) and len(c) == 2 and all(type(x) is int for x in c)
+        for c in cuts))
+    if ok:
+        ok = (cuts[0][0] == 0 and cuts[-1][1] == n
+              and all(a < b for a, b in cuts) and all(p[1] == q[0] for p, q in zip(cuts, cuts[1:])))
+    if not ok:
+        raise UsageError(f"{what}: stages must be [first, end) layer ranges that run "
+                         f"contiguously from 0 to {n} (the output layer is {n - 1}), got {cuts!r}")
+    return [tuple(c) for c in cuts]
+
+
+def flags(model: Model, stage: int, first: int, end: int) -> tuple[str, ...]:
+    return (f"NN_STAGE={stage}", f"NN_STAGE_FIRST={first}", f"NN_STAGE_END={end}",
+            f"NN_STAGE_DIGEST={digest(model):#x}ULL")
+
+
+@dataclass
+class Staged:
+    """The stages of one model, loaded and chained; stage 0 first.  Looks
+    like a compile.Program (prog_fd, maps: stage 0's) to test runs."""
+    stages: list[compile.Program]
+    cuts: list[tuple[int, int]]
+    model: Model = field(init=False)
+
+    def __post_init__(self):
+        self.model = self.stages[0].model
+
+    @property
+    def prog_fd(self) -> int:
+        return self.stages[0].prog_fd
+
+    @property
+    def maps(self) -> dict[str, int]:
+        return self.stages[0].maps
+
+    @property
+    def record_input(self) -> bool:
+        return self.stages[0].record_input
+
+    @property
+    def methods(self):
+        return self.stages[0].methods
+
+    @property
+    def cflags(self):
+        return self.stages[0].cflags
+
+    def close(self):
+        for p in self.stages:
+            p.close()
+
+
+def build(model: Model, cuts, pin_dir: str, record_input: bool = False, methods=None,
+          link: bool = True) -> Staged:
+    """Builds every stage; stage 0's shared maps are pinned in pin_dir (an
+    existing folder; the caller removes it).  link=False leaves the nn_next
+    slots empty (each stage then runs alone: --measure)."""
+    cuts = check_cuts(model.sizes, [list(c) for c in cuts], f"stages of {model.shape}")
+    if model.mode not in ("payload", "headers"):
+        raise UsageError(f"model {model.shape}: stages run payload and headers models "
+                         f"({model.mode} mode is one program)")
+    if not re.fullmatch(r"[\w./@+-]+", pin_dir):
+        raise UsageError(f"{pin_dir}: a stage pin folder of letters, digits and ._@+-/ only")
+    built: list[compile.Program] = []
+    try:
+        for s, (first, end) in enumerate(cuts):
+            last = s == len(cuts) - 1
+            extra = (() if last else ("nn_next",)) + (("nn_stage", "nn_stage_err") if s == 0
+                                                      else ())
+            what = f"model {model.shape} stage {s} (layers {first}..{end - 1})"
+            if s == 0:
+                p = compile.build(model, record_input=record_input,
+                                  defines=flags(model, s, first, end), methods=methods,
+                                  extra_maps=extra, what=what)
+                built.append(p)
+                for name in SHARED:
+                    if not os.path.exists(f"{pin_dir}/{name}"):
+                        bpf_sys.pin(p.maps[name], f"{pin_dir}/{name}")
+            else:
+                built.append(compile.build(model, defines=flags(model, s, first, end),
+                                           methods=methods, added_to=pin_dir, extra_maps=extra,
+                                           what=what))
+        if link:
+            for prev, nxt in zip(built, built[1:]):
+                progarray.put(prev.maps["nn_next"], 0, nxt.prog_fd, "nn_next")
+    except BaseException:
+        for p in built:
+            p.close()
+        raise
+    return Staged(built, cuts)
+
+
+class TempPins:
+    """A private pin folder for a build that is not attached (verify,
+    tests, --measure): the stages need the pins only while they load."""
+
+    def __init__(self):
+        from xdpnn.loader.datapath import BPFFS, ensure_bpffs
+        ensure_bpffs()
+        self.dir = f"{BPFFS}/xdpnn_stages_{os.getpid()}_{id(self):x}"  # bpffs: no dots
+
+    def __enter__(self) -> str:
+        os.makedirs(self.dir)
+        return self.dir
+
+    def __exit__(self, *exc):
+        for entry in os.listdir(self.dir):
+            os.unlink(f"{self.dir}/{entry}")
+        os.rmdir(self.dir)
+
+
+def build_unpinned(model: Model, cuts, record_input: bool = False, methods=None,
+                   link: bool = True) -> Staged:
+    """build() through a temporary pin folder, removed before it returns."""
+    with TempPins() as d:
+        return build(model, cuts, d, record_input, methods, link)
+
+
+def read_errors(fd: int) -> dict[str, int]:
+    """nn_stage_err summed over CPUs, by reason."""
+    n = bpf_sys.possible_cpus()
+    out = {}
+    for k, name in enumerate(ERRORS):
+        raw = bpf_sys.map_lookup(fd, k, 8 * n, "nn_stage_err")
+        out[name] = int(np.frombuffer(raw, "<u8").sum())
+    return out
+
+
+def write_act(fd: int, slot: int, digest_value: int, next_layer: int, bits: int,
+              words: np.ndarray | None = None) -> None:
+    """Writes one nn_stage entry on every CPU (tests, --measure)."""
+    w = np.zeros(MAX_WORDS, "<u8")
+    if words is not None:
+        w[:len(words)] = words
+    value = (digest_value.to_bytes(8, "little") + next_layer.to_bytes(4, "little")
+             + bits.to_bytes(4, "little") + w.tobytes())
+    bpf_sys.map_update(fd, slot, value * bpf_sys.possible_cpus(), "nn_stage")
