@@ -118,7 +118,7 @@ static __always_inline void bnn_hidden_v(const __u64 *m, const __u64 *in, __u64 
 	const int half_tail = n_in % 64 != 0 && n_in % 64 <= 32;
 	const int full = in_words - half_tail;
 	/* Bounded loops over groups and whole input words, as in bnn_hidden:
-	 * the verifier walks each iteration, a body of about 64 * 12
+	 * the verifier walks each iteration, a body of about 870
 	 * instructions, so its count stays linear in the weights. */
 #pragma clang loop unroll(disable)
 	for (int g = 0; g < (n_out + 63) / 64; g++) {
