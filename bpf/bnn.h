@@ -87,101 +87,7 @@ static __always_inline void bnn_hidden(const __u64 *m, const __u64 *in, __u64 *o
 	}
 }
 
-/* The vertical (bit-sliced) method counts the mismatches of 64 neurons at
- * once.  Lane p of a u64 belongs to neuron 64g + NN_SHIFT(p) of group g: the
- * activation word's own layout, so the result is stored as it is.  For each
- * input bit the group has one transposed weight word (lane p: that neuron's
- * weight for the bit); XOR with the input bit broadcast to all lanes gives a
- * word whose lanes are 1 where the neuron mismatches.  The counts live in
- * bit planes: c[b] holds bit b of all 64 counts.  A Harley-Seal tree of
- * carry-save adders adds 32 input bits' mismatch words into planes c[0..4]
- * with 31 full adders; what carries out of c[4] (weight 32) ripples into
- * c[5..] through half adders.  Finally a bit-sliced comparison with
- * per-neuron limits gives the activations.  See docs/datapath.md. */
-#define NN_VBITS_MAX 11 /* planes for counts up to 1024 inputs (layout.vbits) */
-
-/* lo + a + b = 2 * carry + lo' in every lane: a full adder, 64 at a time. */
-static __always_inline __u64 csa(__u64 *lo, __u64 a, __u64 b)
-{
-	__u64 u = *lo ^ a;
-	__u64 carry = (*lo & a) | (u & b);
-	*lo = u ^ b;
-	return carry;
-}
-
-/* Lanes where the neurons' weight for bit p of x differs from it: the
- * transposed word XOR bit p of x copied to all 64 lanes (0 or all ones, by
- * an arithmetic shift of that bit into the sign position). */
-static __always_inline __u64 mismatch(__u64 x, const __u64 *w, const int p)
-{
-	__u64 d = w[p] ^ (__u64)((__s64)(x << (63 - p)) >> 63);
-	/* Pins the order, each word next to the adder that takes it: left
-	 * free, clang computes many words ahead and spills them (BPF has 10
-	 * registers), about 3% more instructions. */
-	asm volatile("" : "+r"(d));
-	return d;
-}
-
-/* Adds the mismatches of bits p .. p+2^k-1 of x into planes c[0..k-1] and
- * returns the carry of weight 2^k: each level is one full adder that adds
- * the carries of two half-size blocks into its own plane. */
-static __always_inline __u64 vsum2(__u64 *c, __u64 x, const __u64 *w, const int p)
-{
-	return csa(&c[0], mismatch(x, w, p), mismatch(x, w, p + 1));
-}
-#define NN_VSUM(k, half)                                                                  \
-	static __always_inline __u64 vsum##k(__u64 *c, __u64 x, const __u64 *w, const int p) \
-	{                                                                                 \
-		__u64 lo = vsum##half(c, x, w, p), hi = vsum##half(c, x, w, p + half);    \
-		return csa(&c[__builtin_ctz(half)], lo, hi);                              \
-	}
-NN_VSUM(4, 2)
-NN_VSUM(8, 4)
-NN_VSUM(16, 8)
-NN_VSUM(32, 16)
-
-/* A hidden layer, vertically: for each group of 64 neurons, words * 64
- * transposed weight words (input word k's bit p at k * 64 + p), then `bits`
- * planes of the limits U (m[t_off + g * bits + b] is bit b of the 64 limits).
- * Neuron fires iff mismatches < U; the loader derives U from the threshold,
- * and padding lanes have U = 0, so their bits stay 0. */
-static __always_inline void bnn_hidden_v(const __u64 *m, const __u64 *in, __u64 *out,
-					 const int in_words, const int n_out, const int w_off,
-					 const int t_off, const int bits)
-{
-	/* Bounded loops over groups and half input words, as in bnn_hidden:
-	 * the verifier walks each iteration, a body of about 32 * 12
-	 * instructions.  Whole words per iteration would spill the adder
-	 * tree's registers past the 512-byte stack. */
-#pragma clang loop unroll(disable)
-	for (int g = 0; g < (n_out + 63) / 64; g++) {
-		const __u64 *w = m + w_off + g * in_words * 64;
-		__u64 c[NN_VBITS_MAX] = {};
-#pragma clang loop unroll(disable)
-		for (int h = 0; h < 2 * in_words; h++) {
-			/* Word k * 64 + p is bit p of input word k, so the upper
-			 * half's words follow the lower half's. */
-			__u64 carry = vsum32(c, in[h >> 1] >> (32 * (h & 1)), w + h * 32, 0);
-			/* Half adders: no count exceeds the input count < 2^bits,
-			 * so nothing carries out of the top plane. */
-#pragma unroll
-			for (int b = 5; b < bits; b++) {
-				__u64 t = c[b] & carry;
-				c[b] ^= carry;
-				carry = t;
-			}
-		}
-		/* count < U, from the low plane up: where the planes differ,
-		 * U's bit decides; where they agree, the lower planes' verdict
-		 * stands. */
-		const __u64 *u = m + t_off + g * bits;
-		__u64 lt = 0;
-#pragma unroll
-		for (int b = 0; b < bits; b++)
-			lt ^= (lt ^ u[b]) & (u[b] ^ c[b]);
-		out[g] = lt;
-	}
-}
+#include "vertical.h"
 
 /* Output score of class j: scale_j * a_j + bias_j. */
 static __always_inline __s64 bnn_score(const __u64 *m, const __u64 *in, const int j)
@@ -214,8 +120,8 @@ static __always_inline __u32 bnn_output(const __u64 *m, const __u64 *in)
 #define NN_HIDDEN_LAYER(l, in, out)                                                              \
 	do {                                                                                     \
 		if (NN_L##l##_METHOD)                                                            \
-			bnn_hidden_v(m, in, out, NN_L##l##_IN_WORDS, NN_L##l##_OUT, NN_L##l##_W, \
-				     NN_L##l##_T, NN_L##l##_BITS);                                \
+			bnn_hidden_v(m, in, out, NN_L##l##_IN, NN_L##l##_IN_WORDS, NN_L##l##_OUT, \
+				     NN_L##l##_W, NN_L##l##_T, NN_L##l##_BITS);                    \
 		else                                                                             \
 			bnn_hidden(m, in, out, NN_L##l##_IN, NN_L##l##_IN_WORDS, NN_L##l##_OUT,  \
 				   NN_L##l##_W, NN_L##l##_T);                                     \

@@ -7,7 +7,9 @@ a cost per word, by method (loader/layout.py METHOD_IDS), where a word is
 - horizontal hidden layer: one weight word (64 inputs of one neuron),
   n_out * in_words of them;
 - vertical hidden layer: one transposed word (one input bit of 64 lanes),
-  64 * groups * in_words (a group pays for its padding lanes);
+  64 * groups * in_words (a group pays for its padding lanes), 32 fewer
+  per group where the last input word's upper half is all padding
+  (layout.half_tail: that half is skipped);
 - output layer ("out"): one weight word per class, classes * in_words,
   counted as horizontal words (the same popcount loop), plus a cost per
   class for the score and the argmax.
@@ -81,7 +83,7 @@ def coefficients() -> dict:
 def layer_words(n_in: int, n_out: int, method: str) -> int:
     """Units of work of one layer (see the module's doc)."""
     if method == "v":
-        return 64 * layout.groups(n_out) * layout.words(n_in)
+        return layout.groups(n_out) * (64 * layout.words(n_in) - 32 * layout.half_tail(n_in))
     return n_out * layout.words(n_in)  # "h" and "out"
 
 

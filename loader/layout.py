@@ -39,26 +39,26 @@ def horizontal(sizes: list[int]) -> tuple[str, ...]:
     return ("h",) * (len(sizes) - 2)
 
 
-def vertical_word_cost() -> float:
-    """ns of a vertical transposed word (one input bit, 64 neurons) over
-    that of a horizontal weight word (64 input bits, one neuron), from the
-    cost model's per-word coefficients (loader/cost.py, docs/benchmarks.md,
-    "Cost model")."""
-    from xdpnn.loader import cost  # it builds on this module's sizes
-    ns = cost.coefficients()["ns"]
-    return ns["v_words"] / ns["h_words"]
+def half_tail(n_in: int) -> bool:
+    """Whether a vertical layer's last input word has its upper half
+    (bits 32..63 as loaded) all padding: bpf/vertical.h adds only its lower
+    half, so the layer reads 32 fewer transposed words per group."""
+    return 0 < n_in % 64 <= 32
 
 
 def choose_methods(sizes: list[int]) -> tuple[str, ...]:
-    """The method of each hidden layer: vertical where its words cost less.
-    Both methods go through the layer's input words once per neuron row or
-    per group, so the choice depends on the neuron count alone: a
-    horizontal layer pays for n_out rows, a vertical one for 64 lanes per
-    group, padding lanes included (32 neurons cost as much as 64).  The
-    per-layer fixed costs are left out: the fit leaves them too uncertain
-    to decide by (docs/benchmarks.md)."""
-    ratio = vertical_word_cost()
-    return tuple("v" if ratio * 64 * groups(n_out) < n_out else "h" for n_out in sizes[1:-1])
+    """The method of each hidden layer: vertical where its words cost less,
+    by the cost model's per-word costs (loader/cost.py, docs/benchmarks.md,
+    "Cost model").  A horizontal layer pays for n_out rows of input words,
+    a vertical one for 64 lanes per group, padding lanes included (32
+    neurons cost as much as 64), so the choice depends mostly on the neuron
+    count.  The per-layer fixed costs are left out: the fit leaves them too
+    uncertain to decide by (docs/benchmarks.md)."""
+    from xdpnn.loader import cost  # it builds on this module's sizes
+    ns = cost.coefficients()["ns"]
+    return tuple("v" if ns["v_words"] * cost.layer_words(n_in, n_out, "v")
+                 < ns["h_words"] * cost.layer_words(n_in, n_out, "h") else "h"
+                 for n_in, n_out in zip(sizes, sizes[1:-1]))
 
 
 def check_methods(sizes: list[int], methods) -> tuple[str, ...]:

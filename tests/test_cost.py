@@ -35,7 +35,11 @@ def test_prediction_adds_up_layer_by_layer(sizes):
 
 def test_words_per_method():
     assert cost.layer_words(784, 64, "h") == 64 * 13
-    assert cost.layer_words(784, 65, "v") == 2 * 64 * 13  # a group pays for its padding lanes
+    assert cost.layer_words(1024, 65, "v") == 2 * 64 * 16  # a group pays for its padding lanes
+    # 784 = 12 words and 16 bits: the last word's upper half is skipped.
+    assert cost.layer_words(784, 65, "v") == 2 * (64 * 13 - 32)
+    assert cost.layer_words(800, 64, "v") == 64 * 13 - 32  # 12 words and 32 bits: half
+    assert cost.layer_words(820, 64, "v") == 64 * 13  # 12 words and 52 bits: a whole word
     assert cost.layer_words(256, 10, "out") == 40
 
 
@@ -55,7 +59,7 @@ def test_model_show_prints_the_prediction(tmp_path):
     p = cost.predict([784, 64, 32, 10])
     lines = r.stdout.splitlines()
     assert lines[4].startswith(f"  predicted cost: {p.ns:.0f} ns per inference")
-    assert lines[6:] == [f"    layer 0 784-64 vertical: {p.layers[0].ns:.0f} ns (832 words)",
+    assert lines[6:] == [f"    layer 0 784-64 vertical: {p.layers[0].ns:.0f} ns (800 words)",
                          f"    layer 1 64-32 horizontal: {p.layers[1].ns:.0f} ns (32 words)",
                          f"    layer 2 32-10 output: {p.layers[2].ns:.0f} ns (10 words)"]
     info = json.loads(xdpnn("-j", "model", "show", path).stdout)["predicted"]

@@ -48,7 +48,8 @@ def test_the_wheel_installs_one_namespace_with_its_data(venv):
     ours = {"loader", "trainer", "traffic", "bpf", "models", "client"}
     assert not ours & {p.name for p in site.iterdir()}
     package = site / "xdpnn"
-    for data in ("bpf/xdpnn.c", "bpf/xdpnn_shared.h", "bpf/parse.h", "bpf/bnn.h", "bpf/sink.c",
+    for data in ("bpf/xdpnn.c", "bpf/xdpnn_shared.h", "bpf/parse.h", "bpf/bnn.h", "bpf/vertical.h",
+                 "bpf/sink.c",
                  "bpf/livegen.c", "traffic/bnn_user.c", "traffic/bnn_fixed.c",
                  "models/digits-default.npz", "loader/cost_model.json"):
         assert (package / data).is_file(), data

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from xdpnn.loader import layout, testrun
+from xdpnn.loader import cost, layout, testrun
 from xdpnn.trainer import reference
 from xdpnn.trainer.model import random_model
 
@@ -53,14 +53,20 @@ def test_codegen_goes_vertical_where_groups_are_full_enough():
     assert layout.choose_methods([256, 32, 16, 2]) == ("h", "h")
     assert layout.choose_methods([784, 64, 32, 10]) == ("v", "h")
     assert layout.choose_methods([784, 256, 256, 10]) == ("v", "v")
-    # The switch (from the cost model's per-word costs): 57 neurons in one
-    # group, 114 in two (docs/benchmarks.md, "Cost model").
-    assert 0.75 < layout.vertical_word_cost() < 0.95
-    assert layout.choose_methods([64, 47, 60, 100, 120, 2]) == ("h", "v", "h", "v")
-    # test_golden.py's switch shapes sit exactly at it: refit coefficients
-    # that move it must move them too.
-    assert layout.choose_methods([64, 56, 57, 2]) == ("h", "v")
-    assert layout.choose_methods([64, 113, 114, 2]) == ("h", "v")
+    # The switch (from the cost model's per-word costs): 34 neurons in one
+    # group, 67 in two (docs/benchmarks.md, "Cost model").
+    ns = cost.coefficients()["ns"]
+    assert 0.4 < ns["v_words"] / ns["h_words"] < 0.65
+    assert layout.choose_methods([64, 33, 2]) == ("h",)
+    assert layout.choose_methods([64, 34, 2]) == ("v",)
+    assert layout.choose_methods([64, 66, 2]) == ("h",)
+    assert layout.choose_methods([64, 67, 2]) == ("v",)
+    # A half-padding last input word halves a vertical layer's words.
+    assert layout.choose_methods([64, 30, 20, 2]) == ("h", "v")
+    # test_golden.py's switch shapes sit at it: refit coefficients that
+    # move it must move them too.
+    assert layout.choose_methods([64, 33, 34, 2]) == ("h", "v")
+    assert layout.choose_methods([64, 66, 67, 2]) == ("h", "v")
     m = random_model([784, 64, 32, 10])
     assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=0" in layout.cflags(m)
     assert layout.model_words(m).size == layout.offsets(m.sizes)["MODEL_WORDS"]

@@ -1,0 +1,153 @@
+/* The vertical (bit-sliced) method of a hidden layer (bpf/bnn.h includes
+ * it): the mismatches of 64 neurons counted at once.  Lane p of a u64
+ * belongs to neuron 64g + NN_SHIFT(p) of group g: the activation word's own
+ * layout, so the result is stored as it is.  For each input bit the group
+ * has one transposed weight word (lane p: that neuron's weight for the
+ * bit); XOR with the input bit broadcast to all lanes gives a word whose
+ * lanes are 1 where the neuron mismatches.  The counts live in bit planes:
+ * plane b holds bit b of all 64 counts.  A Harley-Seal tree of carry-save
+ * adders adds a whole input word's 64 mismatch words into planes 0..5 with
+ * 63 full adders; what carries out of plane 5 (weight 64) ripples into the
+ * planes above through half adders.  Finally a bit-sliced comparison with
+ * per-neuron limits gives the activations.  See docs/datapath.md. */
+#ifndef XDPNN_VERTICAL_H
+#define XDPNN_VERTICAL_H
+
+#define NN_VBITS_MAX 11 /* planes for counts up to 1024 inputs (layout.vbits) */
+
+/* The adder tree is one inline-assembly block per input word: BPF has 10
+ * registers, and clang, left to schedule C, kept the planes in a stack
+ * array (or spilled them) and reloaded them around every adder, while the
+ * registers holding the rest of the program's state stayed out of reach.
+ * The block's ten register operands take all of them (clang saves what it
+ * holds around the block, once per word): the shifted input word, the
+ * weight pointer, planes 0..2 and four temporaries, and the pointer to a
+ * stack struct that holds planes 3..5 and the tree's pending carries of
+ * weight 4 and up, which are touched once per 8, 16, 32 and 64 bits.
+ *
+ * Bits go from 63 down to 0: the word's sign bit, broadcast to 64 lanes by
+ * an arithmetic shift, is input bit 63's 0 or all ones; the word shifts left
+ * one bit per mismatch and the weight pointer walks down by 4 words per 4
+ * bits, so every 4-bit step is the same text. */
+struct nn_vstate {
+	__u64 c3, c4, c5;       /* planes 3..5 */
+	__u64 p4, p8, p16, p32; /* pending carries of weight 4 .. 32 */
+	__u64 carry;            /* what carries out of the block */
+};
+
+/* d = the mismatch word of the current top bit of xs, weight word at off
+ * from w. */
+#define NN_MIS(d, off)                                                  \
+	"%[" #d "] = %[xs]\n\t%[" #d "] s>>= 63\n\t%[xs] <<= 1\n\t"     \
+	"%[t] = *(u64 *)(%[w] " #off ")\n\t%[" #d "] ^= %[t]\n\t"
+/* lo + a + b = 2 * carry + lo' in every lane, 64 full adders at once;
+ * the carry ends in a, t is scratch. */
+#define NN_FA(lo, a, b)                                                       \
+	"%[t] = %[" #lo "]\n\t%[t] &= %[" #a "]\n\t%[" #lo "] ^= %[" #a "]\n\t" \
+	"%[" #a "] = %[" #lo "]\n\t%[" #a "] &= %[" #b "]\n\t"                 \
+	"%[" #a "] |= %[t]\n\t%[" #lo "] ^= %[" #b "]\n\t"
+#define NN_LD(r, slot) "%[" #r "] = *(u64 *)(%[st] + %[" #slot "])\n\t"
+#define NN_ST(slot, r) "*(u64 *)(%[st] + %[" #slot "]) = %[" #r "]\n\t"
+/* Each NN_V<n> adds the next n bits into the planes and leaves the carry
+ * of weight n in the register its comment names. */
+#define NN_V4 /* -> s */                                                 \
+	NN_MIS(a, +0) NN_MIS(b, -8) NN_FA(c0, a, b) "%[s] = %[a]\n\t"     \
+	NN_MIS(a, -16) NN_MIS(b, -24) NN_FA(c0, a, b) NN_FA(c1, s, a)     \
+	"%[w] += -32\n\t"
+#define NN_V8 /* -> b */ NN_V4 NN_ST(o4, s) NN_V4 NN_LD(b, o4) NN_FA(c2, b, s)
+#define NN_V16 /* -> a */                                                \
+	NN_V8 NN_ST(o8, b) NN_V8 NN_LD(a, o8) NN_LD(s, o3) NN_FA(s, a, b) NN_ST(o3, s)
+#define NN_V32 /* -> b */                                                \
+	NN_V16 NN_ST(o16, a) NN_V16 NN_LD(b, o16) NN_LD(s, o4c) NN_FA(s, b, a) NN_ST(o4c, s)
+#define NN_V64 /* -> a */                                                \
+	NN_V32 NN_ST(o32, b) NN_V32 NN_LD(a, o32) NN_LD(s, o5) NN_FA(s, a, b) NN_ST(o5, s)
+
+/* Runs tree text over input word x (already shifted so its first bit is
+ * the sign bit) and weight words ending at w_top; the carry goes to
+ * st->carry. */
+#define NN_VWORD(tree, out, x, w_top, pl0, pl1, pl2, state)                               \
+	do {                                                                               \
+		__u64 xs_ = (x), a_, b_, t_, s_;                                           \
+		const __u64 *w_ = (w_top);                                                 \
+		asm volatile(tree NN_ST(carry, out)                                        \
+			     : [xs] "+r"(xs_), [w] "+r"(w_), [c0] "+r"(pl0), [c1] "+r"(pl1), \
+			       [c2] "+r"(pl2), [a] "=&r"(a_), [b] "=&r"(b_), [t] "=&r"(t_), \
+			       [s] "=&r"(s_)                                               \
+			     : [st] "r"(state), [o3] "i"(__builtin_offsetof(struct nn_vstate, c3)),     \
+			       [o4c] "i"(__builtin_offsetof(struct nn_vstate, c4)),                  \
+			       [o5] "i"(__builtin_offsetof(struct nn_vstate, c5)),                   \
+			       [o4] "i"(__builtin_offsetof(struct nn_vstate, p4)),                   \
+			       [o8] "i"(__builtin_offsetof(struct nn_vstate, p8)),                   \
+			       [o16] "i"(__builtin_offsetof(struct nn_vstate, p16)),                 \
+			       [o32] "i"(__builtin_offsetof(struct nn_vstate, p32)),                 \
+			       [carry] "i"(__builtin_offsetof(struct nn_vstate, carry))              \
+			     : "memory");                                                  \
+	} while (0)
+
+/* Adds carry (weight 2^from) into planes from .. bits-1 with half adders:
+ * no count exceeds the input count < 2^bits, so nothing carries out of the
+ * top plane. */
+static __always_inline void ripple(struct nn_vstate *st, __u64 *hi, __u64 carry, const int from,
+				   const int bits)
+{
+	if (from == 5) {
+		__u64 t = st->c5 & carry;
+		st->c5 ^= carry;
+		carry = t;
+	}
+#pragma unroll
+	for (int b = 6; b < bits; b++) {
+		__u64 t = hi[b - 6] & carry;
+		hi[b - 6] ^= carry;
+		carry = t;
+	}
+}
+
+/* A hidden layer, vertically: for each group of 64 neurons, in_words * 64
+ * transposed weight words (input word k's bit p at k * 64 + p), then `bits`
+ * planes of the limits U (m[t_off + g * bits + b] is bit b of the 64 limits).
+ * Neuron fires iff mismatches < U; the loader derives U from the threshold,
+ * and padding lanes have U = 0, so their bits stay 0. */
+static __always_inline void bnn_hidden_v(const __u64 *m, const __u64 *in, __u64 *out,
+					 const int n_in, const int in_words, const int n_out,
+					 const int w_off, const int t_off, const int bits)
+{
+	/* A last word whose upper half is all padding (inputs 64k+32 ..
+	 * 64k+63, bits 32..63 as loaded) takes half a tree: its weight words
+	 * and input bits there are 0 and would add nothing. */
+	const int half_tail = n_in % 64 != 0 && n_in % 64 <= 32;
+	const int full = in_words - half_tail;
+	/* Bounded loops over groups and whole input words, as in bnn_hidden:
+	 * the verifier walks each iteration, a body of about 870
+	 * instructions, so its count stays linear in the weights. */
+#pragma clang loop unroll(disable)
+	for (int g = 0; g < (n_out + 63) / 64; g++) {
+		const __u64 *w = m + w_off + g * in_words * 64;
+		struct nn_vstate st = {};
+		__u64 c0 = 0, c1 = 0, c2 = 0, hi[NN_VBITS_MAX - 6] = {};
+#pragma clang loop unroll(disable)
+		for (int k = 0; k < full; k++) {
+			NN_VWORD(NN_V64, a, in[k], w + k * 64 + 63, c0, c1, c2, &st);
+			ripple(&st, hi, st.carry, 6, bits);
+		}
+		if (half_tail) {
+			/* Bits 31..0: the lower half moved up to the sign bit. */
+			NN_VWORD(NN_V32, b, in[full] << 32, w + full * 64 + 31, c0, c1, c2, &st);
+			ripple(&st, hi, st.carry, 5, bits);
+		}
+		/* count < U, from the low plane up: where the planes differ,
+		 * U's bit decides; where they agree, the lower planes' verdict
+		 * stands. */
+		const __u64 *u = m + t_off + g * bits;
+		const __u64 low[6] = {c0, c1, c2, st.c3, st.c4, st.c5};
+		__u64 lt = 0;
+#pragma unroll
+		for (int b = 0; b < bits; b++) {
+			__u64 plane = b < 6 ? low[b] : hi[b - 6];
+			lt ^= (lt ^ u[b]) & (u[b] ^ plane);
+		}
+		out[g] = lt;
+	}
+}
+
+#endif
