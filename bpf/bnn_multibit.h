@@ -15,7 +15,10 @@
  * The input buffer holds the NN_L0_IN input bytes as loaded (parse.h, in
  * NN_IN_WORDS words); the planes are built once per packet: plane p of
  * input word k has, in the activation layout (NN_SHIFT), bit p of the 64
- * bytes 64k .. 64k+63. */
+ * bytes 64k .. 64k+63.  They are built in the other scratch buffer and
+ * copied over the input bytes (NN_MAX_WORDS >= k * NN_L0_IN_WORDS, from the
+ * loader): on the stack, up to 128 bytes of planes would push the program
+ * past the 512-byte BPF stack. */
 #ifndef XDPNN_BNN_MULTIBIT_H
 #define XDPNN_BNN_MULTIBIT_H
 
@@ -35,11 +38,12 @@ static __always_inline __u64 nn_plane_byte(__u64 v, const int p)
 	return (((v >> p) & 0x0101010101010101ULL) * 0x8040201008040201ULL) >> 56;
 }
 
-static __always_inline void bnn_multibit_first(const __u64 *m, const __u64 *in, __u64 *out)
+static __always_inline void bnn_multibit_first(const __u64 *m, __u64 *in, __u64 *out)
 {
-	/* At most 8 planes of 2 words (128 inputs): 128 bytes of stack. */
-	__u64 planes[NN_IN_VALUE_BITS * NN_L0_IN_WORDS];
-#pragma unroll
+	__u64 *planes = out;
+	/* A loop over planes, not unrolled: unrolled, clang keeps all 16
+	 * input words in registers across planes and spills past the stack. */
+#pragma clang loop unroll(disable)
 	for (int p = 0; p < NN_IN_VALUE_BITS; p++) {
 #pragma unroll
 		for (int k = 0; k < NN_L0_IN_WORDS; k++) {
@@ -51,6 +55,10 @@ static __always_inline void bnn_multibit_first(const __u64 *m, const __u64 *in, 
 			planes[p * NN_L0_IN_WORDS + k] = word;
 		}
 	}
+#pragma unroll
+	for (int k = 0; k < NN_IN_VALUE_BITS * NN_L0_IN_WORDS; k++)
+		in[k] = planes[k];
+	planes = in;
 	/* Bounded loops over output words and neurons, as bnn_hidden. */
 #pragma clang loop unroll(disable)
 	for (int g = 0; g < (NN_L0_OUT + 63) / 64; g++) {

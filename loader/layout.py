@@ -191,7 +191,9 @@ def cflags(model: Model, record_input: bool = False, methods=None) -> list[str]:
         "NN_IN_TAIL_MASK": f"{tail_mask(n_in):#x}ULL",
         "NN_HIDDEN": len(s) - 2,
         "NN_CLASSES": s[-1],
-        "NN_MAX_WORDS": max(words(n) for n in [n_in] + s[1:-1]),
+        # Multi-bit inputs: the first layer's k planes of input words too.
+        "NN_MAX_WORDS": max([words(n) for n in [n_in] + s[1:-1]]
+                            + [model.input_bits * words(s[0]) if multibit else 0]),
         "NN_OUT_IN": s[-2],
         "NN_OUT_IN_WORDS": words(s[-2]),
     }
