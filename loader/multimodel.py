@@ -20,7 +20,7 @@ from contextlib import ExitStack
 
 from xdpnn.loader import bpf_sys, compile, maps, progarray
 from xdpnn.loader.datapath import (Pinned, added_model, added_models, added_pin, encode_record,
-                                   ensure_bpffs, load_model, model_summary, writer_lock,
+                                   binary_inputs_only, ensure_bpffs, load_model, model_summary, writer_lock,
                                    write_record)
 from xdpnn.loader.errors import StateError, UsageError
 
@@ -45,6 +45,7 @@ def add(iface: str, ns: str | None, model_path: str, model_id: int) -> dict:
     if model.mode != "payload":
         raise UsageError(f"model {model_path} reads {model.mode}; a served model reads its "
                          "inputs from requests (payload input)")
+    binary_inputs_only(model, model_path, "model add")
     ensure_bpffs()
     with writer_lock(iface, ns), Pinned(iface, ns) as p:
         p.check_complete()

@@ -134,7 +134,8 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
         info = bpf_sys.prog_info(prog.prog_fd)
     finally:
         prog.close()
-    return {"model": model.shape, "input": model.mode, "samples": samples, "seed": seed,
+    return {"model": model.shape, "input": model.mode, "input_bits": model.input_bits,
+            "input_signed": model.input_signed, "samples": samples, "seed": seed,
             "mismatches": mismatches, "examples": examples,
             "classes_seen": int(len(np.unique(want))),
             "verified_insns": info.verified_insns, "xlated_insns": info.xlated_prog_len // 8,

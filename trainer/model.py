@@ -24,8 +24,9 @@ import numpy as np
 from numpy.lib import format as npy
 
 FORMAT = "xdpnn-bnn"
-VERSION = 2  # written for multi-bit inputs; binary models are still written as version 1
-VERSIONS = (1, 2)
+VERSION = 1  # binary inputs: what every reader of version 1 takes
+MULTIBIT_VERSION = 2  # multi-bit inputs (input.bits, input.signed)
+VERSIONS = (VERSION, MULTIBIT_VERSION)
 
 # What the XDP program supports (docs/model-format.md, "Limits").  Sizes past
 # these would overflow the 512-byte BPF stack or the verifier's budget.
@@ -186,7 +187,7 @@ class Model:
     def save(self, path: str | Path) -> None:
         self.validate()
         # Binary models keep version 1, byte for byte what older readers take.
-        version = VERSION if self.input_bits > 1 else 1
+        version = MULTIBIT_VERSION if self.input_bits > 1 else VERSION
         header = {"format": FORMAT, "version": version, "layers": self.sizes,
                   "input": self.input, "classes": self.classes, "provenance": self.provenance}
         arrays = {"header": np.frombuffer(json.dumps(header, indent=1).encode(), np.uint8)}
@@ -433,7 +434,7 @@ def _header(z: zipfile.ZipFile, m: _Member) -> dict:
     _check(_is_int(version) and version in VERSIONS, "version",
            " or ".join(map(str, VERSIONS)), version)
     input_ = header.get("input")
-    if version == 1 and isinstance(input_, dict):  # else check_layout names the problem
+    if version == VERSION and isinstance(input_, dict):  # else check_layout names the problem
         _check("bits" not in input_ and "signed" not in input_, "input.bits",
                "no input.bits or input.signed in a version 1 file (they need version 2)",
                input_)

@@ -593,6 +593,9 @@ def export_graph(model: Model):
     is exact: dot products are integers below 2^11 in float32, scores below
     2^41 in float64.  FINN's flow reads this form (a streamlined BNN).
     """
+    if model.input_bits > 1:  # the graph starts with BipolarQuant: binary inputs only
+        raise ValueError(f"{model.input_bits}-bit inputs: export writes binary-input "
+                         "models only")
     _need_qonnx()
     from onnx import TensorProto, helper, numpy_helper
     q = "qonnx.custom_op.general"
