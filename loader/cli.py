@@ -1010,6 +1010,7 @@ def cmd_serve_userspace(args):
   xdpnn train --data traffic --hidden 64 --out traffic.npz             (headers mode)
   xdpnn train --data pcaps:captures/ --out apps.npz                    (one pcap per class)
   xdpnn train --data pcaps:captures/ --input flow --out flows.npz      (flow mode)
+  xdpnn train --data digits --input-bits 8 --out digits8.npz           (8-bit pixels)
 
 exit code {errors.DataError.exit_code}: the data source cannot be read (the message names the \
 file and the problem)""", root=False, options=[
@@ -1036,6 +1037,11 @@ file and the problem)""", root=False, options=[
     arg("--input", choices=("headers", "flow"),
         help="pcaps:DIR: one input per packet (headers, the default) or per flow record "
              "(flow mode)"),
+    arg("--input-bits", type=int_in(1, 8), default=1, metavar="K",
+        help="digits: 1 (thermometer bits, default) or 2..8: each pixel as one k-bit value, "
+             "round(pixel * (2^k - 1) / 16); docs/training.md"),
+    arg("--signed", action="store_true",
+        help="with --input-bits: k-bit two's complement values, the pixel value less 2^(k-1)"),
 ])
 def cmd_train(args):
     from xdpnn.trainer import data, train
@@ -1046,7 +1052,7 @@ def cmd_train(args):
     try:
         ds = data.load(args.data, levels=args.levels, label_column=args.label_column,
                        split_seed=args.seed, test_fraction=args.test_fraction,
-                       input_mode=args.input)
+                       input_mode=args.input, input_bits=args.input_bits, signed=args.signed)
         model = train.train(ds, cfg, port=args.port, progress=None if args.json else print)
     except data.DataError as e:
         raise errors.DataError(str(e)) from None

@@ -1,0 +1,259 @@
+"""Multi-bit first-layer inputs (model format version 2): the format, the
+reference's arithmetic, and the kernel's bit-plane layer against the
+reference on random inputs (docs/model-format.md, "Multi-bit inputs")."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from cli import xdpnn
+from xdpnn.loader import layout, testrun
+from xdpnn.trainer import reference
+from xdpnn.trainer.model import (MULTIBIT_VERSION, Model, ModelError, load, loads,
+                                 random_model)
+
+SAMPLES = 5000
+root = pytest.mark.root  # loads BPF programs
+
+
+# --- the reference ------------------------------------------------------------
+
+def test_values_from_bytes_mask_and_sign():
+    data = bytes([0x00, 0x05, 0x0F, 0xF7, 0x80, 0xFF])
+    assert reference.values_from_bytes(data, 6, 4, False).tolist() == [0, 5, 15, 7, 0, 15]
+    assert reference.values_from_bytes(data, 6, 4, True).tolist() == [0, 5, -1, 7, 0, -1]
+    assert reference.values_from_bytes(data, 6, 8, True).tolist() == [0, 5, 15, -9, -128, -1]
+    assert reference.values_from_bytes(data, 6, 2, True).tolist() == [0, 1, -1, -1, 0, -1]
+    assert reference.values_from_bytes(data, 4, 8, False).tolist() == [0, 5, 15, 247]
+
+
+def test_first_layer_by_hand():
+    # x = (3, -2, 1), w = (+1, -1, -1): a = 3 + 2 - 1 = 4
+    m = Model(sizes=[3, 1, 2], weights=[np.array([[1, 0, 0]], np.uint8),
+                                        np.array([[1], [0]], np.uint8)],
+              thresholds=[np.array([4], np.int64)], out_scale=np.array([1, 1], np.int64),
+              out_bias=np.array([0, 0], np.int64),
+              input={"mode": "payload", "bits": 3, "signed": True}).validate()
+    x = np.array([[3, -2, 1], [3, -2, 2]])
+    assert reference.value_dot(x, m.weights[0]).tolist() == [[4], [3]]
+    assert reference.predict(m, x).tolist() == [0, 1]  # fires at a = 4, not at 3
+    with pytest.raises(ValueError, match=r"\[-4, 3\]"):
+        reference.predict(m, np.array([[4, 0, 0]]))
+
+
+@pytest.mark.parametrize("k", range(2, 9))
+@pytest.mark.parametrize("signed", [False, True])
+def test_planes_equal_the_integer_dot(k, signed):
+    m = random_model([77, 30, 3], seed=k, input_bits=k, signed=signed)
+    x = reference.random_inputs(m, np.random.default_rng(k), 2000)
+    assert (reference.planes_dot(x, m.weights[0], k, signed)
+            == reference.value_dot(x, m.weights[0])).all()
+    # and through the bytes a packet carries
+    row = x[7]
+    raw = np.unpackbits(np.frombuffer(reference.input_bytes(m, row), np.uint8))
+    assert reference.model_input(m, raw).tolist() == row.tolist()
+
+
+def test_kernel_limits_are_the_rearranged_thresholds():
+    m = random_model([20, 9, 2], seed=2, input_bits=5, signed=True)
+    u = layout.multibit_limits(m)
+    x = reference.random_inputs(m, np.random.default_rng(0), 500)
+    c = reference.plane_weights(5, True)
+    d = np.stack([((x[:, None, :] & 31) >> p & 1) ^ m.weights[0][None].astype(np.int64)
+                  for p in range(5)]).sum(-1)
+    e = np.tensordot(c, d, axes=1)
+    assert ((e <= u) == (reference.value_dot(x, m.weights[0]) >= m.thresholds[0])).all()
+
+
+# --- the file format ----------------------------------------------------------
+
+@pytest.mark.parametrize("k,signed,mode", [(2, False, "payload"), (8, True, "payload"),
+                                           (5, True, "headers"), (8, False, "headers")])
+def test_round_trip(tmp_path, k, signed, mode):
+    m = random_model([32, 12, 4], seed=1, mode=mode, input_bits=k, signed=signed)
+    m.save(tmp_path / "m.npz")
+    back = load(tmp_path / "m.npz")
+    assert back.input == m.input and back.input_bits == k and back.input_signed == signed
+    assert all((a == b).all() for a, b in zip(back.weights, m.weights))
+    assert (back.thresholds[0] == m.thresholds[0]).all()
+    header = header_of(tmp_path / "m.npz")
+    assert header["version"] == MULTIBIT_VERSION
+    assert header["input"]["bits"] == k and header["input"]["signed"] is signed
+
+
+def test_binary_models_stay_version_1(tmp_path):
+    random_model([20, 6, 3], seed=1).save(tmp_path / "b.npz")
+    header = header_of(tmp_path / "b.npz")
+    assert header["version"] == 1 and "bits" not in header["input"]
+    assert load(tmp_path / "b.npz").input_bits == 1
+
+
+def header_of(path) -> dict:
+    with zipfile.ZipFile(path) as z, z.open("header.npy") as f:
+        return json.loads(np.load(f).tobytes())
+
+
+def with_header(path, change) -> bytes:
+    """The file at path with its JSON header changed by change(header)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(path) as z, zipfile.ZipFile(out, "w") as w:
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename == "header.npy":
+                h = json.loads(np.load(io.BytesIO(data)).tobytes())
+                change(h)
+                buf = io.BytesIO()
+                np.save(buf, np.frombuffer(json.dumps(h).encode(), np.uint8))
+                data = buf.getvalue()
+            w.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def _set(**kv):
+    def change(h):
+        for key, value in kv.items():
+            if key == "version":
+                h["version"] = value
+            elif value is _DROP:
+                h["input"].pop(key)
+            else:
+                h["input"][key] = value
+    return change
+
+
+_DROP = object()
+
+HOSTILE = {
+    "bits-0": (_set(bits=0), "input.bits"),
+    "bits-9": (_set(bits=9), "input.bits"),
+    "bits-string": (_set(bits="8"), "input.bits"),
+    "bits-float": (_set(bits=8.0), "input.bits"),
+    "bits-true": (_set(bits=True), "input.bits"),
+    "bits-null": (_set(bits=None), "input.bits"),
+    "bits-list": (_set(bits=[8]), "input.bits"),
+    "signed-string": (_set(signed="yes"), "input.signed"),
+    "signed-int": (_set(signed=1), "input.signed"),
+    "signed-binary": (_set(bits=1, signed=True), "input.signed"),
+    "no-bits-in-v2": (_set(bits=_DROP), "input.bits"),
+    "no-signed-in-v2": (_set(signed=_DROP), "input.bits"),
+    "bits-in-v1": (_set(version=1), "version 2"),
+    "version-3": (_set(version=3), "version"),
+    "flow-mode": (_set(mode="flow"), "input.mode"),
+    "headers-too-many": (_set(mode="headers"), "1..32 in headers mode"),
+}
+
+
+@pytest.fixture
+def v2_file(tmp_path):
+    path = tmp_path / "v2.npz"
+    random_model([40, 6, 3], seed=4, input_bits=8, signed=True).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_v2_headers_are_refused(tmp_path, v2_file, case):
+    change, names = HOSTILE[case]
+    data = with_header(v2_file, change)
+    with pytest.raises(ModelError, match=names.replace(".", r"\.")):
+        loads(data)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(data)
+    r = xdpnn("model", "show", bad)
+    assert r.returncode == 3, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr
+    assert names.split()[0] in r.stderr
+
+
+# --- the kernel against the reference -------------------------------------------
+
+def check(model, samples=SAMPLES, seed=0):
+    res = testrun.verify(model, samples, seed=seed)
+    assert res["mismatches"] == 0, res["examples"]
+    assert res["classes_seen"] >= 2
+    return res
+
+
+@root
+@pytest.mark.parametrize("k", [2, 4, 8])
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("mode,shape", [("payload", [100, 40, 4]), ("headers", [32, 24, 4])])
+def test_kernel_equals_reference(k, signed, mode, shape):
+    check(random_model(shape, seed=k, mode=mode, input_bits=k, signed=signed))
+
+
+@root
+@pytest.mark.parametrize("shape,k,signed,mode", [
+    ([1, 5, 2], 8, True, "payload"),          # one input byte
+    ([9, 70, 30, 3], 3, False, "payload"),    # two output words, a second hidden layer
+    ([64, 16, 5], 7, True, "payload"),        # exactly one plane word
+    ([65, 16, 5], 6, False, "payload"),       # one input past a plane word
+    ([7, 8, 8, 8, 2], 5, True, "headers"),    # four hidden layers
+])
+def test_kernel_shapes(shape, k, signed, mode):
+    check(random_model(shape, seed=11, mode=mode, input_bits=k, signed=signed), samples=2000)
+
+
+@root
+def test_largest_multibit_model_verifies():
+    """128 8-bit inputs and the largest hidden layers: within the verifier's
+    budget (docs/model-format.md, "Limits")."""
+    res = check(random_model([128, 512, 512, 512, 512, 64], seed=1, input_bits=8, signed=True),
+                samples=300)
+    assert res["verified_insns"] < 1_000_000
+
+
+def test_binary_builds_have_no_multibit_flags():
+    flags = layout.cflags(random_model([100, 20, 3], seed=1))
+    assert not any("NN_IN_VALUE_BITS" in f or "NN_IN_SIGNED" in f for f in flags)
+    mb = layout.cflags(random_model([100, 20, 3], seed=1, input_bits=4))
+    assert "-DNN_IN_VALUE_BITS=4" in mb and "-DNN_IN_BYTES=100" in mb
+
+
+@root
+def test_predict_shows_the_kernels_input_values(tmp_path, build):
+    from xdpnn.traffic import packets
+    m = random_model([24, 16, 3], seed=3, input_bits=6, signed=True)
+    prog = build(m, record_input=True)
+    runner = testrun.Runner(prog, 9595)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        payload = rng.integers(0, 256, 24, dtype=np.uint8).tobytes()  # bits above 6 too
+        out = runner.run(packets.request(payload, 9595))
+        _, cls, values = testrun.expected(m, packets.request(payload, 9595), 9595)
+        assert out.bits.tolist() == values.tolist()
+        assert out.cls == cls
+
+
+# --- the command line -----------------------------------------------------------
+
+@root
+def test_verify_command_with_input_bits():
+    r = xdpnn("-j", "verify", "--shape", "48-20-3", "--input-bits", "4", "--signed",
+              "--samples", "500", check=True)
+    res = json.loads(r.stdout)
+    assert res["mismatches"] == 0 and res["input_bits"] == 4 and res["input_signed"] is True
+
+
+@pytest.mark.parametrize("args,code,names", [
+    (["--input-bits", "9"], 2, ["--input-bits 9", "1..8"]),
+    (["--input-bits", "x"], 2, ["--input-bits x"]),
+    (["--signed"], 3, ["input.signed", "false with 1-bit"]),
+    (["--input-bits", "8", "--input", "headers"], 3, ["1..32 in headers mode"]),
+])
+def test_model_random_bad_input_bits(tmp_path, args, code, names):
+    r = xdpnn("model", "random", "64-8-3", "--out", tmp_path / "m.npz", *args)
+    assert r.returncode == code, r.stderr
+    assert all(n in r.stderr for n in names), r.stderr
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("command", [["serve-userspace", "--model"], ["export", "--out", "x.onnx"]])
+def test_binary_only_commands_refuse_multibit_models(tmp_path, v2_file, command):
+    args = [*command, v2_file] if command[0] == "serve-userspace" else [
+        "export", v2_file, "--out", tmp_path / "x.onnx"]
+    r = xdpnn(*args)
+    assert r.returncode == 3 and "8-bit inputs" in r.stderr, r.stderr
