@@ -939,11 +939,14 @@ def query_inputs(args) -> list[bytes]:
 
 def data_inputs(source: str) -> tuple[list[bytes], list[int]]:
     """The inputs and labels of a labeled test split (query --data)."""
-    from xdpnn.loader.datapath import load_model
+    from xdpnn.loader.datapath import binary_inputs_only, load_model
     from xdpnn.trainer import data, reference, train
     try:
         if source.startswith("model:"):
-            test = train.labeled_test_set(load_model(source.removeprefix("model:")))
+            path = source.removeprefix("model:")
+            model = load_model(path)
+            binary_inputs_only(model, path, "query --data")  # requests carry bits
+            test = train.labeled_test_set(model)
         else:
             ds = data.load(source)
             if ds.mode != "payload":

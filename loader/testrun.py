@@ -132,6 +132,7 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
             if progress and (i + 1) % 1000 == 0:
                 progress(i + 1, samples)
         info = bpf_sys.prog_info(prog.prog_fd)
+        ns = time_per_input(prog, frames[:8])
     finally:
         prog.close()
     return {"model": model.shape, "input": model.mode, "input_bits": model.input_bits,
@@ -139,5 +140,15 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
             "mismatches": mismatches, "examples": examples,
             "classes_seen": int(len(np.unique(want))),
             "verified_insns": info.verified_insns, "xlated_insns": info.xlated_prog_len // 8,
+            "ns_per_input": ns,
             "methods": "".join(prog.methods),
             "seconds": round(time.monotonic() - started, 2)}
+
+
+def time_per_input(prog: compile.Program, frames: list[bytes], repeat: int = 1000,
+                   rounds: int = 3) -> int:
+    """ns per frame in BPF_PROG_TEST_RUN (parse, inference, verdict), the
+    mean over frames of the kernel's average over repeat runs; the fastest
+    of rounds, as other work on a shared machine only ever adds time."""
+    return round(min(np.mean([bpf_sys.test_run(prog.prog_fd, f, repeat=repeat)[1]
+                              for f in frames]) for _ in range(rounds)))
