@@ -257,3 +257,31 @@ def test_binary_only_commands_refuse_multibit_models(tmp_path, v2_file, command)
         "export", v2_file, "--out", tmp_path / "x.onnx"]
     r = xdpnn(*args)
     assert r.returncode == 3 and "8-bit inputs" in r.stderr, r.stderr
+
+
+# --- the trainer ------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,signed", [(4, False), (8, True)])
+def test_training_a_multibit_first_layer(tmp_path, k, signed):
+    from xdpnn.trainer import data, train
+    ds = data.load("digits", input_bits=k, signed=signed)
+    lo, hi = (-(2 ** (k - 1)), 2 ** (k - 1) - 1) if signed else (0, 2 ** k - 1)
+    assert ds.bits.shape == (1797, 64) and ds.bits.min() == lo and ds.bits.max() == hi
+    m = train.train(ds, train.Config(hidden=[32], epochs=4, seed=1))
+    report = m.provenance["report"]
+    assert m.input_bits == k and m.input_signed == signed and m.sizes == [64, 32, 10]
+    # the fold over -M n .. M n reproduces the trained network on every test sample
+    assert report["exported_equals_binarized"], report["accuracy"]
+    assert report["accuracy"]["exported"] > 0.5
+    m.save(tmp_path / "d.npz")
+    test = train.labeled_test_set(load(tmp_path / "d.npz"))  # the same split, as values
+    acc = (reference.predict(m, test.bits) == test.labels).mean()
+    assert round(float(acc), 4) == report["accuracy"]["exported"]
+
+
+def test_multibit_training_is_digits_only():
+    from xdpnn.trainer import data
+    with pytest.raises(data.DataError, match="digits only"):
+        data.load("traffic", input_bits=8)
+    with pytest.raises(data.DataError, match="--levels"):
+        data.load("digits", levels=2, input_bits=8)
