@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 
 import numpy as np
@@ -285,3 +286,47 @@ def test_multibit_training_is_digits_only():
         data.load("traffic", input_bits=8)
     with pytest.raises(data.DataError, match="--levels"):
         data.load("digits", levels=2, input_bits=8)
+
+
+# --- attached to an interface: real packets -----------------------------------------
+
+@pytest.mark.netns
+@root
+def test_attached_multibit_model_counts_each_class_and_swaps(tmp_path):
+    """Requests of random bytes (bits above k too) from a generator namespace
+    through the attached program: its class counters equal the reference's.
+    A swap takes another model with the same input bits, not a binary one."""
+    import os
+
+    from xdpnn.traffic import packets
+    from xdpnn.traffic.sender import send_frames
+    from xdpnn.traffic.sink import Sink
+    from xdpnn.traffic.topology import Topology
+
+    m = random_model([40, 24, 4], seed=6, input_bits=5, signed=True)
+    m.save(tmp_path / "m.npz")
+    random_model([40, 24, 4], seed=7, input_bits=5, signed=True).save(tmp_path / "m2.npz")
+    random_model([40, 24, 4], seed=7).save(tmp_path / "binary.npz")
+    payloads = np.random.default_rng(3).integers(0, 256, (200, 40), dtype=np.uint8)
+    frames = [packets.request(p.tobytes(), 9595) for p in payloads]
+    x = np.stack([reference.values_from_bytes(p.tobytes(), 40, 5, True) for p in payloads])
+    with Topology(f"xm{os.getpid() % 10000}") as t, Sink(t.sink, "s0"), Sink(t.gen, "g0"):
+        try:
+            xdpnn("-n", t.dut, "attach", "d0", "--peer", "d1", "--model", tmp_path / "m.npz",
+                  check=True)
+            assert send_frames(t.gen, "g0", frames) == 200
+            deadline = time.monotonic() + 5  # veth delivery is asynchronous
+            while True:
+                s = json.loads(xdpnn("-n", t.dut, "-j", "stats", "d0", check=True).stdout)
+                if s["input"]["classified"] >= 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert s["input"]["classified"] == 200
+            want = np.bincount(reference.predict(m, x), minlength=4)
+            assert list(s["classes"].values()) == want.tolist()
+
+            r = xdpnn("-n", t.dut, "swap", "d0", "--model", tmp_path / "binary.npz")
+            assert r.returncode == 2 and "binary inputs" in r.stderr, r.stderr
+            xdpnn("-n", t.dut, "swap", "d0", "--model", tmp_path / "m2.npz", check=True)
+        finally:
+            xdpnn("-n", t.dut, "detach", "d0")
