@@ -781,7 +781,6 @@ def cmd_import(args):
 def cmd_export(args):
     from xdpnn.loader import datapath
     model = datapath.load_model(args.model)
-    datapath.binary_inputs_only(model, args.model, "export")
     mod = onnx_import()
     g = _graph_step(lambda: mod.export_graph(model))
     mod.save_atomic(args.out, lambda p: open(p, "wb").write(g.SerializeToString()))

@@ -252,12 +252,32 @@ def test_model_random_bad_input_bits(tmp_path, args, code, names):
     assert not (tmp_path / "m.npz").exists()
 
 
-@pytest.mark.parametrize("command", [["serve-userspace", "--model"], ["export", "--out", "x.onnx"]])
-def test_binary_only_commands_refuse_multibit_models(tmp_path, v2_file, command):
-    args = [*command, v2_file] if command[0] == "serve-userspace" else [
-        "export", v2_file, "--out", tmp_path / "x.onnx"]
-    r = xdpnn(*args)
+def test_serve_userspace_refuses_multibit_models(v2_file):
+    r = xdpnn("serve-userspace", "--model", v2_file)
     assert r.returncode == 3 and "8-bit inputs" in r.stderr, r.stderr
+
+
+# --- QONNX export -------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_exported_graph_runs_in_qonnx_to_the_reference_scores(k, signed):
+    pytest.importorskip("qonnx", reason="pip install '.[onnx]' (onnx, qonnx, onnxruntime)")
+    from xdpnn.trainer import onnx_import
+    m = random_model([50, 20, 8, 4], seed=k, input_bits=k, signed=signed)
+    g = onnx_import.export_graph(m)
+    assert g.graph.node[0].op_type == "Quant"
+    x = reference.random_inputs(m, np.random.default_rng(k), 2000)
+    scores = onnx_import.run_graph(g, {"input": x.astype(np.float32)})["scores"]
+    assert (scores == reference.scores(m, x)).all()
+
+
+def test_import_names_the_multibit_quant_it_does_not_read(tmp_path, v2_file):
+    pytest.importorskip("qonnx", reason="pip install '.[onnx]' (onnx, qonnx, onnxruntime)")
+    xdpnn("export", v2_file, "--out", tmp_path / "m.onnx", check=True)
+    r = xdpnn("import", tmp_path / "m.onnx", "--out", tmp_path / "back.npz")
+    assert r.returncode == 11 and "quantize_input" in r.stderr, r.stderr
+    assert not (tmp_path / "back.npz").exists()
 
 
 # --- the trainer ------------------------------------------------------------------

@@ -268,6 +268,9 @@ def _single(model, node_or_nodes, inputs: list, outputs: list, folded: dict | No
 def _input_values(gr: _Graph, node, n: int):
     """(lo, hi) per input: the activations that bit 0 and bit 1 become."""
     from qonnx.core.modelwrapper import ModelWrapper
+    if node is not None and node.op_type in ("Quant", "IntQuant"):
+        raise GraphError(f"{_label(node)}: a multi-bit input quantizer; import reads "
+                         "binary inputs only (export writes this form for multi-bit models)")
     if node is not None and node.op_type in BINARIZERS:
         _check_binarizer(gr, node)
         x = np.stack([-np.ones(n, np.float32), np.ones(n, np.float32)])
@@ -592,24 +595,36 @@ def export_graph(model: Model):
     MatMul ±1 -> Cast(double) -> Mul out_scale -> Add out_bias.  Every value
     is exact: dot products are integers below 2^11 in float32, scores below
     2^41 in float64.  FINN's flow reads this form (a streamlined BNN).
+
+    A model with k-bit inputs starts with Quant (scale 1, zero point 0,
+    bitwidth k, signed or not, not narrow) instead, for inputs that are the
+    k-bit integers themselves; its first dot products are integers below
+    2^15 in magnitude, still exact in float32.
     """
-    if model.input_bits > 1:  # the graph starts with BipolarQuant: binary inputs only
-        raise ValueError(f"{model.input_bits}-bit inputs: export writes binary-input "
-                         "models only")
     _need_qonnx()
     from onnx import TensorProto, helper, numpy_helper
     q = "qonnx.custom_op.general"
     n = model.sizes[0]
-    nodes = [helper.make_node("BipolarQuant", ["input", "one"], ["x0"], domain=q,
-                              name="binarize_input")]
+    k = model.input_bits
     inits = [numpy_helper.from_array(np.float32(1.0), "one")]
+    if k == 1:
+        nodes = [helper.make_node("BipolarQuant", ["input", "one"], ["x0"], domain=q,
+                                  name="binarize_input")]
+    else:
+        nodes = [helper.make_node("Quant", ["input", "one", "zero", "bitwidth"], ["x0"],
+                                  domain=q, name="quantize_input",
+                                  signed=int(model.input_signed), narrow=0,
+                                  rounding_mode="ROUND")]
+        inits += [numpy_helper.from_array(np.float32(0.0), "zero"),
+                  numpy_helper.from_array(np.float32(k), "bitwidth")]
     x = "x0"
     for l, w in enumerate(model.weights):
         wname = f"w{l}"
         inits.append(numpy_helper.from_array((w.T.astype(np.float32) * 2 - 1), wname))
         nodes.append(helper.make_node("MatMul", [x, wname], [f"a{l}"], name=f"matmul{l}"))
         if l < len(model.thresholds):
-            fan_in = w.shape[1]
+            # a's range: ±n, or ±(largest |value|) n for k-bit inputs
+            fan_in = w.shape[1] * (1 if l or k == 1 else 2 ** k)
             t = np.clip(model.thresholds[l], -fan_in, fan_in + 1).astype(np.float32)[:, None]
             inits.append(numpy_helper.from_array(t, f"t{l}"))
             nodes.append(helper.make_node("MultiThreshold", [f"a{l}", f"t{l}"], [f"x{l + 1}"],
