@@ -272,12 +272,58 @@ def test_exported_graph_runs_in_qonnx_to_the_reference_scores(k, signed):
     assert (scores == reference.scores(m, x)).all()
 
 
-def test_import_names_the_multibit_quant_it_does_not_read(tmp_path, v2_file):
+def test_export_then_import_gives_the_model_back(tmp_path, v2_file):
     pytest.importorskip("qonnx", reason="pip install '.[onnx]' (onnx, qonnx, onnxruntime)")
     xdpnn("export", v2_file, "--out", tmp_path / "m.onnx", check=True)
-    r = xdpnn("import", tmp_path / "m.onnx", "--out", tmp_path / "back.npz")
-    assert r.returncode == 11 and "quantize_input" in r.stderr, r.stderr
-    assert not (tmp_path / "back.npz").exists()
+    xdpnn("import", tmp_path / "m.onnx", "--out", tmp_path / "back.npz", check=True)
+    m, back = load(v2_file), load(tmp_path / "back.npz")
+    assert back.input == m.input and back.sizes == m.sizes
+    x = reference.random_inputs(m, np.random.default_rng(1), 2000)
+    assert (reference.predict(back, x) == reference.predict(m, x)).all()
+
+
+def quant_graph(sizes, seed, k, signed, scale):
+    """Brevitas style with a k-bit Quant on the input: Quant(scale, zero point
+    0, bitwidth k) -> (MatMul of BipolarQuant weights -> batch norm ->
+    BipolarQuant)* -> MatMul -> batch norm (scores)."""
+    from onnx_graphs import Q, Builder
+    b = Builder(sizes[0], seed)
+    x = b.node("Quant", ["input", b.const(scale), b.const(0.0), b.const(float(k))], domain=Q,
+               signed=int(signed), narrow=0, rounding_mode="ROUND")
+    for l, (i, o) in enumerate(zip(sizes, sizes[1:])):
+        w = b.node("BipolarQuant", [b.const(b.rng.normal(0, 1, (i, o))), b.const(0.5)],
+                   domain=Q)
+        output = l == len(sizes) - 2
+        x = b.batchnorm(b.node("MatMul", [x, w]), o, i, 1e-4 if output else None)
+        if not output:
+            x = b.node("BipolarQuant", [x, b.const(2.0)], domain=Q)
+    return b.model("input", x, sizes[-1])
+
+
+@pytest.mark.parametrize("k,signed,scale", [(2, False, 1.0), (4, True, 0.25),
+                                            (8, False, 1 / 255), (8, True, 0.125)])
+def test_imported_quant_input_matches_qonnx(k, signed, scale):
+    """qonnx's executor is the reference: the imported model's class equals
+    the graph's on 2,000 random k-bit inputs (fed as integer times scale)."""
+    pytest.importorskip("qonnx", reason="pip install '.[onnx]' (onnx, qonnx, onnxruntime)")
+    from xdpnn.trainer import onnx_import
+    g = quant_graph([24, 16, 5], seed=k, k=k, signed=signed, scale=scale)
+    m = onnx_import.import_graph(g)
+    assert m.input_bits == k and m.input_signed == signed
+    x = reference.random_inputs(m, np.random.default_rng(k), 2000)
+    want = onnx_import.framework_classes(g, x)
+    assert len(np.unique(want)) >= 2
+    assert (reference.predict(m, x) == want).all()
+
+
+@root
+def test_kernel_equals_qonnx_on_an_imported_quant_graph():
+    pytest.importorskip("qonnx", reason="pip install '.[onnx]' (onnx, qonnx, onnxruntime)")
+    from xdpnn.trainer import onnx_import
+    g = quant_graph([32, 20, 4], seed=3, k=8, signed=True, scale=0.5)
+    m = onnx_import.import_graph(g)
+    res = testrun.verify(m, 2000, oracle=lambda x: onnx_import.framework_classes(g, x))
+    assert res["mismatches"] == 0, res["examples"]
 
 
 # --- the trainer ------------------------------------------------------------------
