@@ -38,6 +38,7 @@ static __always_inline __u64 nn_plane_byte(__u64 v, const int p)
 	return (((v >> p) & 0x0101010101010101ULL) * 0x8040201008040201ULL) >> 56;
 }
 
+/* Layer 0 over k-bit inputs: the planes, then per unit E against U. */
 static __always_inline void bnn_multibit_first(const __u64 *m, __u64 *in, __u64 *out)
 {
 	__u64 *planes = out;
