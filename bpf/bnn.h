@@ -127,12 +127,21 @@ static __always_inline __u32 bnn_output(const __u64 *m, const __u64 *in)
 				   NN_L##l##_W, NN_L##l##_T);                                     \
 	} while (0)
 
+/* The first layer: a hidden layer of input bits, or of k-bit input values
+ * (model format version 2, NN_IN_VALUE_BITS > 1: bnn_multibit.h). */
+#if defined(NN_IN_VALUE_BITS) && NN_IN_VALUE_BITS > 1
+#include "bnn_multibit.h"
+#define NN_FIRST_LAYER(in, out) bnn_multibit_first(m, in, out)
+#else
+#define NN_FIRST_LAYER(in, out) NN_HIDDEN_LAYER(0, in, out)
+#endif
+
 /* Runs the model on x; a and b are scratch buffers of NN_MAX_WORDS words,
  * and x may be one of them. */
 static __always_inline __u32 bnn_infer(const __u64 *m, __u64 *a, __u64 *b)
 {
 	/* Layers alternate between the two buffers: a -> b -> a -> ... */
-	NN_HIDDEN_LAYER(0, a, b);
+	NN_FIRST_LAYER(a, b);
 #if NN_HIDDEN == 1
 	return bnn_output(m, b);
 #else

@@ -548,16 +548,27 @@ def cmd_capture(args):
     out(args, rep, "\n".join(lines))
 
 
+INPUT_BITS_OPTIONS = (
+    arg("--input-bits", type=int_in(1, 8), default=1, metavar="K",
+        help="bits per input: 1 (binary, default), or 2..8 for one k-bit value per input "
+             "byte (docs/model-format.md, \"Multi-bit inputs\")"),
+    arg("--signed", action="store_true",
+        help="with --input-bits 2..8: the values are k-bit two's complement"),
+)
+
+
 @command("verify", "random inputs through the kernel and the reference; exit code 6 on any "
                    "mismatch", """
   sudo xdpnn verify --model model.npz --samples 10000
   sudo xdpnn verify --shape 784-256-256-10 --samples 10000 --seed 7
   sudo xdpnn verify --shape 784-1024-1024-1024-10 --samples 2000     as stages
-  sudo xdpnn verify --model lfc.npz --plan lfc-plan.json""", options=[
+  sudo xdpnn verify --model lfc.npz --plan lfc-plan.json
+  sudo xdpnn verify --shape 64-128-10 --input-bits 8 --signed --samples 5000""", options=[
     one_of(arg("--model", metavar="FILE"),
            arg("--shape", type=SHAPE, help="a random model of this shape, like 784-64-32-10")),
     arg("--input", choices=("payload", "headers"), default="payload",
         help="input mode of a --shape model"),
+    *INPUT_BITS_OPTIONS,
     arg("--samples", type=int_in(1, 10_000_000), default=10000,
         help="number of inputs (10000)"),
     arg("--seed", type=SEED, default=0),
@@ -571,7 +582,8 @@ def cmd_capture(args):
 def cmd_verify(args):
     from xdpnn.loader import datapath, testrun
     model = (datapath.load_model(args.model) if args.model is not None
-             else random_model_or_error(args.shape, args.seed, args.input))
+             else random_model_or_error(args.shape, args.seed, args.input, DEFAULT_PORT,
+                                        args.input_bits, args.signed))
     if args.ebpf:
         return print_ebpf(model)
     no_flow_models(model, args.model)
@@ -593,7 +605,8 @@ def cmd_verify(args):
     res["against"] = against
     if not args.json and sys.stderr.isatty():
         print(file=sys.stderr)
-    text = (f"model {res['model']} ({res['input']}): {res['samples']} inputs, "
+    text = (f"model {res['model']} ({res['input']}{input_values(model)}): "
+            f"{res['samples']} inputs, "
             f"{res['mismatches']} mismatches between kernel and {against} "
             f"({res['classes_seen']} classes seen, {res['verified_insns']} instructions "
             f"verified, {res['seconds']} s)")
@@ -607,10 +620,12 @@ def cmd_verify(args):
         return errors.MismatchError.exit_code
 
 
-def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_PORT):
+def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_PORT,
+                          input_bits: int = 1, signed: bool = False):
     from xdpnn.trainer.model import ModelError, random_model
     try:
-        return random_model(shape_sizes(shape), seed=seed, mode=mode, port=port)
+        return random_model(shape_sizes(shape), seed=seed, mode=mode, port=port,
+                            input_bits=input_bits, signed=signed)
     except ModelError as e:
         raise errors.ModelFileError(f"shape {shape}: {e}") from None
 
@@ -658,18 +673,28 @@ def cmd_plan(args):
 
 @command("model random", "write a model with random weights (tests, benchmarks)", """
   xdpnn model random 784-64-32-10 --out random.npz --seed 1
-  xdpnn model random 256-32-4 --input headers --out headers.npz""", root=False, options=[
+  xdpnn model random 256-32-4 --input headers --out headers.npz
+  xdpnn model random 128-64-10 --input-bits 4 --signed --out int4.npz""", root=False, options=[
     arg("shape", type=SHAPE, help="layer sizes, like 784-64-32-10"),
     arg("--out", required=True, metavar="FILE"),
     arg("--seed", type=SEED, default=0),
     arg("--input", choices=("payload", "headers"), default="payload"),
     arg("--port", type=PORT, default=DEFAULT_PORT, help=f"request UDP port ({DEFAULT_PORT})"),
+    *INPUT_BITS_OPTIONS,
 ])
 def cmd_model_random(args):
-    m = random_model_or_error(args.shape, args.seed, args.input, args.port)
+    m = random_model_or_error(args.shape, args.seed, args.input, args.port, args.input_bits,
+                              args.signed)
     m.save(args.out)
-    out(args, {"out": args.out, "shape": m.shape}, f"wrote {args.out}: random {m.shape} "
-                                                    f"({m.mode}), seed {args.seed}")
+    out(args, {"out": args.out, "shape": m.shape, "input": m.input},
+        f"wrote {args.out}: random {m.shape} ({m.mode}{input_values(m)}), seed {args.seed}")
+
+
+def input_values(m) -> str:
+    """', 8-bit signed values' for a multi-bit model, '' for a binary one."""
+    if m.input_bits == 1:
+        return ""
+    return f", {m.input_bits}-bit {'signed' if m.input_signed else 'unsigned'} values"
 
 
 @command("model show", "print a model file's shape, classes, provenance and predicted cost", """
@@ -690,7 +715,7 @@ def cmd_model_show(args):
             "weight_bytes": layout.model_words(m).nbytes,
             "predicted": dict(p.as_dict(), measured_on=machine.get("cpu_model"))}
     names = {"h": "horizontal", "v": "vertical", "out": "output"}
-    lines = [f"{args.file}: {m.shape}, {m.mode} input" +
+    lines = [f"{args.file}: {m.shape}, {m.mode} input{input_values(m)}" +
              (f" (port {m.input.get('port')})" if m.mode == "payload" else ""),
              f"  classes: {', '.join(m.classes)}",
              f"  model map value: {info['weight_bytes']} bytes",
@@ -1028,11 +1053,14 @@ def query_inputs(args) -> list[bytes]:
 
 def data_inputs(source: str) -> tuple[list[bytes], list[int]]:
     """The inputs and labels of a labeled test split (query --data)."""
-    from xdpnn.loader.datapath import load_model
+    from xdpnn.loader.datapath import binary_inputs_only, load_model
     from xdpnn.trainer import data, reference, train
     try:
         if source.startswith("model:"):
-            test = train.labeled_test_set(load_model(source.removeprefix("model:")))
+            path = source.removeprefix("model:")
+            model = load_model(path)
+            binary_inputs_only(model, path, "query --data")  # requests carry bits
+            test = train.labeled_test_set(model)
         else:
             ds = data.load(source)
             if ds.mode != "payload":
@@ -1068,6 +1096,7 @@ def cmd_serve_userspace(args):
     from xdpnn.loader import datapath
     from xdpnn.traffic.userserve import UserServer
     model = datapath.load_model(args.model)
+    datapath.binary_inputs_only(model, args.model, "serve-userspace")
     srv = UserServer(model, args.port, args.impl, args.netns, args.cpu, args.max_seconds)
     srv.start()
     try:
@@ -1098,6 +1127,7 @@ def cmd_serve_userspace(args):
   xdpnn train --data traffic --hidden 64 --out traffic.npz             (headers mode)
   xdpnn train --data pcaps:captures/ --out apps.npz                    (one pcap per class)
   xdpnn train --data pcaps:captures/ --input flow --out flows.npz      (flow mode)
+  xdpnn train --data digits --input-bits 8 --out digits8.npz           (8-bit pixels)
 
 exit code {errors.DataError.exit_code}: the data source cannot be read (the message names the \
 file and the problem)""", root=False, options=[
@@ -1124,6 +1154,11 @@ file and the problem)""", root=False, options=[
     arg("--input", choices=("headers", "flow"),
         help="pcaps:DIR: one input per packet (headers, the default) or per flow record "
              "(flow mode)"),
+    arg("--input-bits", type=int_in(1, 8), default=1, metavar="K",
+        help="digits: 1 (thermometer bits, default) or 2..8: each pixel as one k-bit value, "
+             "round(pixel * (2^k - 1) / 16); docs/training.md"),
+    arg("--signed", action="store_true",
+        help="with --input-bits: k-bit two's complement values, the pixel value less 2^(k-1)"),
 ])
 def cmd_train(args):
     from xdpnn.trainer import data, train
@@ -1134,7 +1169,7 @@ def cmd_train(args):
     try:
         ds = data.load(args.data, levels=args.levels, label_column=args.label_column,
                        split_seed=args.seed, test_fraction=args.test_fraction,
-                       input_mode=args.input)
+                       input_mode=args.input, input_bits=args.input_bits, signed=args.signed)
         model = train.train(ds, cfg, port=args.port, progress=None if args.json else print)
     except data.DataError as e:
         raise errors.DataError(str(e)) from None

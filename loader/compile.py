@@ -120,7 +120,7 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
                                   "little-endian, and this CPU is big-endian")
     import_bcc()  # here, so that a missing BCC is a clear error, and the child has it
     check_kernel_headers()
-    methods = layout.check_methods(model.sizes, methods)
+    methods = layout.check_methods(model.sizes, methods, model.input_bits > 1)
     if added_to:
         defines = (*defines, f"NN_MODEL_ID={model_id}", f'NN_PIN_DIR="{added_to}"')
     text, cflags = source_and_flags(model, record_input, defines, methods)

@@ -103,7 +103,10 @@ def predict(model_or_sizes, methods=None, coeffs: dict | None = None) -> Predict
     """Predicted cost of a model (a Model or its layer sizes) built with
     methods (None: the codegen's choice, layout.choose_methods)."""
     sizes = list(getattr(model_or_sizes, "sizes", model_or_sizes))
-    methods = layout.check_methods(sizes, methods)
+    # A multi-bit first layer (bpf/bnn_multibit.h) is horizontal over k
+    # planes: counted as k times the words, an estimate the fit never saw.
+    k = getattr(model_or_sizes, "input_bits", 1)
+    methods = layout.check_methods(sizes, methods, k > 1)
     c = coeffs or coefficients()
     ns, insns = c["ns"], c["verified_insns"]
 
@@ -111,7 +114,7 @@ def predict(model_or_sizes, methods=None, coeffs: dict | None = None) -> Predict
     for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         last = l == len(sizes) - 2
         m = "out" if last else methods[l]
-        w = layer_words(n_in, n_out, m)
+        w = layer_words(n_in, n_out, m) * (k if l == 0 else 1)
         if last:
             layer_ns = ns["out_classes"] * n_out + ns["h_words"] * w
             layer_insns = insns["out_classes"] * n_out + insns["h_words"] * w

@@ -164,7 +164,9 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     from xdpnn.loader import plan
     model = load_model(model_path)
     if input_mode and input_mode != model.mode:
-        model.input = {"mode": input_mode}
+        # The input's value bits stay: they are how the weights read it.
+        model.input = {"mode": input_mode, **{k: model.input[k] for k in ("bits", "signed")
+                                              if k in model.input}}
         if input_mode == "payload":
             model.input["port"] = model_file.DEFAULT_PORT
         _validate(model, model_path)
@@ -176,6 +178,8 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     if serve and model.mode != "payload":
         raise UsageError("--serve: serving reads inputs from requests, so it needs payload "
                          "input (--input payload)")
+    if serve:
+        binary_inputs_only(model, model_path, "attach --serve")
     port = port or model.input.get("port") or model_file.DEFAULT_PORT
     if peer == iface:
         raise UsageError(f"--peer {peer}: the peer must be another interface")
@@ -297,6 +301,20 @@ def load_model(path: str) -> model_file.Model:
         return model_file.load(path)
     except model_file.ModelError as e:
         raise ModelFileError(f"load model {e}") from None
+
+
+def _bits_text(bits: int, signed: bool) -> str:
+    return "binary inputs" if bits == 1 else f"{bits}-bit {'signed' if signed else 'unsigned'} inputs"
+
+
+def binary_inputs_only(model, path, what: str) -> None:
+    """Refuses a model with multi-bit inputs (format version 2) for the
+    commands that build or read inputs as bits: serving and its clients,
+    the user-space servers and the benchmark baselines."""
+    from xdpnn.loader.errors import ModelFileError
+    if model.input_bits > 1:
+        raise ModelFileError(f"{what}: model {path} takes {model.input_bits}-bit inputs; "
+                             f"{what} supports binary-input models only")
 
 
 def _validate(model, path):
@@ -598,10 +616,15 @@ def swap(iface: str, ns: str | None, model_path: str, model_id: int = 0) -> dict
             if rec.get("stages"):
                 raise UsageError(f"{iface}: the model runs as {len(rec['stages'])} stages, "
                                  "each checking the model's digest: detach and attach")
-        if new.shape != old["shape"] or new.mode != mode:
+        # The value bits of the inputs are compiled in too (bpf/bnn_multibit.h).
+        old_in = old.get("input") if isinstance(old.get("input"), dict) else {}
+        old_bits = (old_in.get("bits", 1), old_in.get("signed", False))
+        new_bits = (new.input_bits, new.input_signed)
+        if new.shape != old["shape"] or new.mode != mode or new_bits != old_bits:
             which = f"model {model_id}" if model_id else "the attached one"
-            raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}); {which} "
-                             f"is {old['shape']} ({mode}): "
+            raise UsageError(f"{iface}: model {model_path} is {new.shape} ({new.mode}, "
+                             f"{_bits_text(*new_bits)}); {which} "
+                             f"is {old['shape']} ({mode}, {_bits_text(*old_bits)}): "
                              + ("remove and add it" if model_id else "detach and attach"))
         if model_id:
             rec["models"][str(model_id)] = {**old, **model_summary(new, model_path)}

@@ -61,11 +61,15 @@ def choose_methods(sizes: list[int]) -> tuple[str, ...]:
                  for n_in, n_out in zip(sizes, sizes[1:-1]))
 
 
-def check_methods(sizes: list[int], methods) -> tuple[str, ...]:
+def check_methods(sizes: list[int], methods, multibit: bool = False) -> tuple[str, ...]:
+    """multibit: the first layer takes k-bit values (bpf/bnn_multibit.h), whose
+    words are laid out as a horizontal layer's."""
     methods = choose_methods(sizes) if methods is None else tuple(methods)
     if len(methods) != len(sizes) - 2 or not set(methods) <= set(METHOD_IDS):
         raise ValueError(f"methods {methods!r}: one of {sorted(METHOD_IDS)} per hidden layer "
                          f"of {len(sizes) - 2}")
+    if multibit and methods[0] != "h":
+        methods = ("h",) + methods[1:]
     return methods
 
 
@@ -80,10 +84,10 @@ def groups(n_out: int) -> int:
     return (n_out + 63) // 64
 
 
-def offsets(sizes: list[int], methods=None) -> dict[str, int]:
+def offsets(sizes: list[int], methods=None, multibit: bool = False) -> dict[str, int]:
     """Word offset of each array in the model value, in the order written;
     methods None is the codegen's choice."""
-    methods = check_methods(sizes, methods)
+    methods = check_methods(sizes, methods, multibit)
     off, at = {}, 0
     for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         last = l == len(sizes) - 2
@@ -136,9 +140,13 @@ def limits(t: np.ndarray, n_in: int) -> np.ndarray:
 def model_words(model: Model, methods=None) -> np.ndarray:
     """The flat u64 array, the value of the model's map; methods None is the
     codegen's choice."""
-    methods = check_methods(model.sizes, methods)
+    multibit = model.input_bits > 1
+    methods = check_methods(model.sizes, methods, multibit)
     parts = []
     for l, w in enumerate(model.weights):
+        if l == 0 and multibit:
+            parts += [pack_rows(w).ravel(), multibit_limits(model).view("<u8")]
+            continue
         if l < len(model.thresholds) and methods[l] == "v":
             parts += [transposed(w), limits(model.thresholds[l], model.sizes[l])]
             continue
@@ -147,8 +155,19 @@ def model_words(model: Model, methods=None) -> np.ndarray:
             parts.append(model.thresholds[l].astype("<i8").view("<u8"))
     parts += [model.out_scale.astype("<i8").view("<u8"), model.out_bias.astype("<i8").view("<u8")]
     flat = np.concatenate(parts)
-    assert flat.size == offsets(model.sizes, methods)["MODEL_WORDS"]
+    assert flat.size == offsets(model.sizes, methods, multibit)["MODEL_WORDS"]
     return flat
+
+
+def multibit_limits(model: Model) -> np.ndarray:
+    """A multi-bit first layer's threshold words: U = C * P - T, with P the
+    row's count of +1 weights and C the sum of the plane weights, so that
+    a >= T iff the kernel's weighted mismatch count E <= U
+    (bpf/bnn_multibit.h)."""
+    from xdpnn.trainer.reference import plane_weights
+    c = int(plane_weights(model.input_bits, model.input_signed).sum())
+    p = model.weights[0].astype(np.int64).sum(1)
+    return (c * p - model.thresholds[0].astype(np.int64)).astype("<i8")
 
 
 def tail_mask(n_bits: int) -> int:
@@ -161,8 +180,9 @@ def cflags(model: Model, record_input: bool = False, methods=None) -> list[str]:
     """The -D flags that give bpf/xdpnn.c the model's shape and each hidden
     layer's method (methods None: the codegen's choice)."""
     s = model.sizes
-    methods = check_methods(s, methods)
-    n_in = s[0]
+    multibit = model.input_bits > 1
+    methods = check_methods(s, methods, multibit)
+    n_in = model.raw_bits  # a byte per input with multi-bit inputs
     defs = {
         "NN_INPUT_MODE": INPUT_MODE_IDS[model.mode],
         "NN_IN_BITS": n_in,
@@ -171,7 +191,9 @@ def cflags(model: Model, record_input: bool = False, methods=None) -> list[str]:
         "NN_IN_TAIL_MASK": f"{tail_mask(n_in):#x}ULL",
         "NN_HIDDEN": len(s) - 2,
         "NN_CLASSES": s[-1],
-        "NN_MAX_WORDS": max(words(n) for n in s[:-1]),
+        # Multi-bit inputs: the first layer's k planes of input words too.
+        "NN_MAX_WORDS": max([words(n) for n in [n_in] + s[1:-1]]
+                            + [model.input_bits * words(s[0]) if multibit else 0]),
         "NN_OUT_IN": s[-2],
         "NN_OUT_IN_WORDS": words(s[-2]),
     }
@@ -179,7 +201,9 @@ def cflags(model: Model, record_input: bool = False, methods=None) -> list[str]:
         defs.update({f"NN_L{l}_IN": s[l], f"NN_L{l}_IN_WORDS": words(s[l]),
                      f"NN_L{l}_OUT": s[l + 1], f"NN_L{l}_METHOD": METHOD_IDS[methods[l]],
                      f"NN_L{l}_BITS": vbits(s[l])})
-    defs.update({f"NN_{k}": v for k, v in offsets(s, methods).items()})
+    if multibit:  # bpf/bnn_multibit.h; binary models are built without these
+        defs.update(NN_IN_VALUE_BITS=model.input_bits, NN_IN_SIGNED=int(model.input_signed))
+    defs.update({f"NN_{k}": v for k, v in offsets(s, methods, multibit).items()})
     flags = [f"-D{k}={v}" for k, v in defs.items()]
     if record_input:
         flags.append("-DNN_RECORD_INPUT")

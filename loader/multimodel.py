@@ -20,9 +20,10 @@ import time
 from contextlib import ExitStack
 
 from xdpnn.loader import bpf_sys, compile, maps, progarray
-from xdpnn.loader.datapath import (Pinned, added_model, added_models, added_pin, config_actions,
-                                   encode_record, ensure_bpffs, load_model, model_summary,
-                                   parse_actions, writer_lock, write_record)
+from xdpnn.loader.datapath import (Pinned, added_model, added_models, added_pin,
+                                   binary_inputs_only, config_actions, encode_record,
+                                   ensure_bpffs, load_model, model_summary, parse_actions,
+                                   writer_lock, write_record)
 from xdpnn.loader.errors import StateError, UsageError
 
 IDS = range(1, maps.SRV["models"])  # 0 is the attached model; nn_progs has a slot per id
@@ -45,6 +46,7 @@ def add(iface: str, ns: str | None, model_path: str, model_id: int, port: int | 
     TCP or UDP destination port, and it takes its own actions."""
     check_id(model_id, "add")
     model = load_model(model_path)
+    binary_inputs_only(model, model_path, "model add")
     ensure_bpffs()
     with writer_lock(iface, ns), Pinned(iface, ns) as p:
         p.check_complete()

@@ -30,7 +30,7 @@ class Outcome:
     verdict: str           # XDP action returned
     result: str            # input result (features.INPUT_RESULTS)
     cls: int | None        # class, when classified
-    bits: np.ndarray | None = None  # input bits the kernel used (record_input builds)
+    bits: np.ndarray | None = None  # input the kernel used (record_input builds): bits or values
 
 
 class Runner:
@@ -72,7 +72,7 @@ class Runner:
         rows = np.frombuffer(raw, np.uint8).reshape(self.n_cpus, size)
         # Only the CPU that ran the test overwrote its all-ones record.
         row = rows[int(np.argmax((rows != 0xFF).any(axis=1)))]
-        return np.unpackbits(row)[:self.model.sizes[0]]
+        return reference.model_input(self.model, np.unpackbits(row)[:self.model.raw_bits])
 
     def _last_map(self) -> tuple[int, int]:
         fd = self.prog.maps["nn_last"]
@@ -84,11 +84,12 @@ class Runner:
 
 
 def expected(model: Model, frame: bytes, port: int) -> tuple[str, int | None, np.ndarray | None]:
-    """What the reference says of a frame: (input result, class, input bits)."""
-    result, bits = features.model_input(frame, model.mode, model.sizes[0], port)
+    """What the reference says of a frame: (input result, class, input bits or values)."""
+    result, bits = features.model_input(frame, model.mode, model.raw_bits, port)
     if bits is None:
         return result, None, None
-    return result, int(reference.predict(model, bits[None, :])[0]), bits
+    x = reference.model_input(model, bits)
+    return result, int(reference.predict(model, x[None, :])[0]), x
 
 
 def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=None,
@@ -98,22 +99,24 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
     oracle(bits) -> classes replaces the reference: `verify --graph` compares
     the kernel with the framework that runs the graph a model came from.
 
-    Payload mode sends random input bits as requests; headers mode sends
-    random TCP/UDP/ICMP packets, whose bits come from the Python twin.
-    cuts: run the model as tail-call stages of these [first, end) layer
-    ranges (loader/stages.py); the frames go to stage 0.
+    Payload mode sends random inputs (bits, or k-bit values with the bits
+    above k random too, which the model must ignore) as requests; headers
+    mode sends random TCP/UDP/ICMP packets, whose inputs come from the Python
+    twin.  cuts: run the model as tail-call stages of these [first, end)
+    layer ranges (loader/stages.py); the frames go to stage 0.
     """
     from xdpnn.traffic import packets  # scapy loads only for commands that build frames
 
     rng = np.random.default_rng(seed)
     port = model.input.get("port", DEFAULT_PORT)
     if model.mode == "payload":
-        bits = rng.integers(0, 2, (samples, model.sizes[0]), dtype=np.uint8)
-        frames = [packets.request(reference.bytes_from_bits(b), port) for b in bits]
+        raw = rng.integers(0, 2, (samples, model.raw_bits), dtype=np.uint8)
+        frames = [packets.request(reference.bytes_from_bits(b), port) for b in raw]
     else:
         frames = packets.random_frames(rng, samples)
-        bits = np.stack([features.model_input(f, "headers", model.sizes[0], port)[1]
-                         for f in frames])
+        raw = np.stack([features.model_input(f, "headers", model.raw_bits, port)[1]
+                        for f in frames])
+    bits = np.stack([reference.model_input(model, r) for r in raw])
     want = oracle(bits) if oracle else reference.predict(model, bits)
     started = time.monotonic()
     if cuts:
@@ -134,14 +137,26 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
             if progress and (i + 1) % 1000 == 0:
                 progress(i + 1, samples)
         infos = [bpf_sys.prog_info(p.prog_fd) for p in getattr(prog, "stages", [prog])]
+        ns = time_per_input(prog, frames[:8])
     finally:
         prog.close()
-    return {"model": model.shape, "input": model.mode, "samples": samples, "seed": seed,
+    return {"model": model.shape, "input": model.mode, "input_bits": model.input_bits,
+            "input_signed": model.input_signed, "samples": samples, "seed": seed,
             "mismatches": mismatches, "examples": examples,
             "classes_seen": int(len(np.unique(want))),
             "verified_insns": sum(i.verified_insns for i in infos),
             "xlated_insns": sum(i.xlated_prog_len for i in infos) // 8,
             "stages": [{"layers": list(c), "verified_insns": i.verified_insns}
                        for c, i in zip(getattr(prog, "cuts", []), infos)],
+            "ns_per_input": ns,
             "methods": "".join(prog.methods),
             "seconds": round(time.monotonic() - started, 2)}
+
+
+def time_per_input(prog: compile.Program, frames: list[bytes], repeat: int = 1000,
+                   rounds: int = 3) -> int:
+    """ns per frame in BPF_PROG_TEST_RUN (parse, inference, verdict), the
+    mean over frames of the kernel's average over repeat runs; the fastest
+    of rounds, as other work on a shared machine only ever adds time."""
+    return round(min(np.mean([bpf_sys.test_run(prog.prog_fd, f, repeat=repeat)[1]
+                              for f in frames]) for _ in range(rounds)))

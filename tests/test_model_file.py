@@ -214,7 +214,7 @@ FILE_ERRORS = [
     # id, change to (header, arrays), field, expected, actual
     ("wrong format", lambda h, a: h.update(format="onnx"), "format", "'xdpnn-bnn'", "'onnx'"),
     ("no format", lambda h, a: h.pop("format"), "format", "'xdpnn-bnn'", "None"),
-    ("wrong version", lambda h, a: h.update(version=2), "version", "1", "2"),
+    ("wrong version", lambda h, a: h.update(version=3), "version", "1 or 2", "3"),
     ("version a string", lambda h, a: h.update(version="1"), "version", "1", "'1'"),
     ("layers too short", lambda h, a: h.update(layers=[20, 3]), "layers",
      "a list of at least 3 positive integers", "[20, 3]"),

@@ -90,6 +90,7 @@ def load_models(s: Settings) -> list[tuple[str, Model]]:
             raise UsageError(f"--shape {shape}: {e}") from None
     for path in s.model_files:
         m = datapath.load_model(path)
+        datapath.binary_inputs_only(m, path, "bench")
         models.append((f"{m.shape} ({Path(path).name})", m))
     if not models:
         raise UsageError("bench: no model to measure (give --shape or --model)")

@@ -455,6 +455,7 @@ def command(args, progress, prefix: str | None = None) -> None:
         s.seconds = args.seconds
     if args.model:
         model = datapath.load_model(args.model[0])
+        datapath.binary_inputs_only(model, args.model[0], "bench-serving")
         name = f"{model.shape} ({Path(args.model[0]).name})"
     else:
         name = (args.shape or [DEFAULT_SHAPE])[0]

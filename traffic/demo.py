@@ -42,6 +42,7 @@ def say(msg: str = "", end: str = "\n") -> None:
 def run(args) -> int:
     model_path = args.model or _shown(DEFAULT_MODEL)
     model = datapath.load_model(model_path)
+    datapath.binary_inputs_only(model, model_path, "demo")
     if model.mode != "payload":
         raise UsageError(f"demo: model {model.shape} takes headers input; the demo sends "
                          "payload requests")

@@ -7,6 +7,7 @@ can be applied to new data later.  docs/training.md documents each source.
 
 Sources (``load(spec)``):
   digits          scikit-learn's bundled 8x8 handwritten digits, thermometer code
+                  (or, with input_bits k > 1, one k-bit value per pixel)
   mnist:DIR       MNIST from the standard IDX files in DIR (never downloaded)
   csv:FILE        numeric feature columns and a label column
   traffic         the generated labeled traffic set (traffic/dataset.py), headers mode
@@ -37,7 +38,7 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    bits: np.ndarray            # (N, n_bits) uint8 0/1
+    bits: np.ndarray            # (N, n_bits) uint8 0/1; int64 values for multi-bit inputs
     labels: np.ndarray          # (N,) int64 in 0..len(classes)-1
     classes: list[str]
     mode: str                   # "payload" or "headers"
@@ -49,10 +50,19 @@ class Dataset:
 
 
 def load(spec: str, levels: int | None = None, label_column: str | None = None,
-         split_seed: int = 0, test_fraction: float = 0.25, input_mode: str | None = None
-         ) -> Dataset:
-    """Reads a source named as in the module docstring."""
+         split_seed: int = 0, test_fraction: float = 0.25, input_mode: str | None = None,
+         input_bits: int = 1, signed: bool = False) -> Dataset:
+    """Reads a source named as in the module docstring; input_bits > 1: one
+    k-bit value per input byte (digits only)."""
     kind, _, arg = spec.partition(":")
+    if input_bits > 1 or signed:
+        if levels is not None:
+            raise DataError(f"data source '{spec}': --levels sets thermometer bits; "
+                            "multi-bit inputs have none")
+        if spec != "digits" or input_bits == 1:
+            raise DataError(f"data source '{spec}': multi-bit inputs (--input-bits 2..8, "
+                            "--signed) are implemented for digits only")
+        return digit_values(input_bits, signed)
     if input_mode == "flow" and kind != "pcaps":
         raise DataError(f"data source '{spec}': flow mode trains on pcaps:DIR only")
     if kind == "digits" and not arg:
@@ -125,8 +135,29 @@ def digits(levels: int = 4) -> Dataset:
                               "cuts": cuts})
 
 
+def digit_values(k: int, signed: bool) -> Dataset:
+    """Digits as one k-bit value per pixel: the pixel 0..16 scaled to the
+    k-bit range, round(pixel * (2^k - 1) / 16), less 2^(k-1) if signed (so
+    a signed input is centred on 0)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("data source 'digits' needs scikit-learn: pip install "
+                        "'xdpnn[train]'") from None
+    d = load_digits()
+    encoding = {"kind": "values", "what": "8x8 pixels 0..16, row-major", "bits": k,
+                "signed": signed, "value": "round(pixel * (2^bits - 1) / 16)"
+                + (" - 2^(bits - 1)" if signed else "")}
+    return Dataset(encode_digits(d.data, encoding), d.target.astype(np.int64),
+                   [str(c) for c in range(10)], "payload", "digits", encoding)
+
+
 def encode_digits(pixels: np.ndarray, encoding: dict) -> np.ndarray:
     """Applies a digits model's stored encoding to (N, 64) pixel rows."""
+    if encoding.get("kind") == "values":
+        k = encoding["bits"]
+        v = np.rint(np.asarray(pixels, float) * (2 ** k - 1) / 16).astype(np.int64)
+        return v - 2 ** (k - 1) if encoding["signed"] else v
     cuts = np.asarray(encoding["cuts"])
     return thermometer(np.asarray(pixels, float), np.tile(cuts, (pixels.shape[1], 1)))
 

@@ -33,16 +33,19 @@ def bn_fires(a: np.ndarray, gamma, beta, mean, var, eps: float) -> np.ndarray:
     return gamma * ((a - mean) / np.sqrt(var + eps)) + beta >= 0
 
 
-def fold_hidden(weight_bits: np.ndarray, gamma, beta, mean, var, eps: float):
-    """(weight bits, int64 thresholds) of one hidden layer with its batch norm folded."""
-    n = weight_bits.shape[1]
+def fold_hidden(weight_bits: np.ndarray, gamma, beta, mean, var, eps: float,
+                value_max: int = 1):
+    """(weight bits, int64 thresholds) of one hidden layer with its batch norm
+    folded.  value_max: the largest |input|, 1 for bits; a multi-bit first
+    layer's a ranges over -value_max * n .. value_max * n."""
+    n = weight_bits.shape[1] * value_max
     a = np.arange(-n, n + 1, dtype=np.float64)[:, None]
-    fires = bn_fires(a, gamma, beta, mean, var, eps)        # (2n+1, units)
     bits = weight_bits.copy()
     thresholds = np.empty(weight_bits.shape[0], np.int64)
     never, always = n + 1, -n
     for j in range(weight_bits.shape[0]):
-        f = fires[:, j]
+        # one unit at a time: a multi-bit layer's a takes up to 65,281 values
+        f = bn_fires(a[:, 0], gamma[j], beta[j], mean[j], var[j], eps)
         if not f.any():
             thresholds[j] = never
         elif f.all():
@@ -88,9 +91,12 @@ def export(layers: list[dict], eps: float, input_: dict, classes: list[str],
     (the trainer's sign, with sign(0) = +1).
     """
     weights, thresholds = [], []
-    for layer in layers[:-1]:
+    # A multi-bit first layer's dot products reach the largest |value| times n.
+    k, signed = input_.get("bits", 1), input_.get("signed", False)
+    first_max = 1 if k == 1 else 2 ** (k - 1) if signed else 2 ** k - 1
+    for l, layer in enumerate(layers[:-1]):
         bits, t = fold_hidden((layer["w"] >= 0).astype(np.uint8), layer["gamma"], layer["beta"],
-                              layer["mean"], layer["var"], eps)
+                              layer["mean"], layer["var"], eps, first_max if l == 0 else 1)
         weights.append(bits)
         thresholds.append(t)
     last = layers[-1]

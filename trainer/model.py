@@ -24,7 +24,9 @@ import numpy as np
 from numpy.lib import format as npy
 
 FORMAT = "xdpnn-bnn"
-VERSION = 1
+VERSION = 1  # binary inputs: what every reader of version 1 takes
+MULTIBIT_VERSION = 2  # multi-bit inputs (input.bits, input.signed)
+VERSIONS = (VERSION, MULTIBIT_VERSION)
 
 # What the XDP program supports (docs/model-format.md, "Limits").  Sizes past
 # these would overflow the 512-byte BPF stack or the verifier's budget of a
@@ -38,6 +40,10 @@ THRESHOLD_RANGE = (-(2**31), 2**31 - 1)
 SCALE_RANGE = (-(2**16), 2**16)
 BIAS_RANGE = (-(2**40), 2**40)
 INPUT_MODES = ("payload", "headers", "flow")
+# Multi-bit inputs (version 2): one k-bit value per byte, so the input count is
+# bounded by bytes: 128 payload bytes, the 32-byte feature record.
+MAX_INPUT_VALUE_BITS = 8
+MAX_MULTIBIT_INPUTS = {"payload": 128, "headers": 32}
 DEFAULT_PORT = 9595
 
 # Limits of the file itself, all derived from the limits above: the loader
@@ -69,9 +75,15 @@ def check_layout(sizes: list[int], input_: dict) -> None:
     _check(isinstance(input_, dict) and input_.get("mode") in INPUT_MODES,
            "input.mode", " or ".join(INPUT_MODES), input_)
     mode = input_["mode"]
+    bits, signed = input_value_bits(input_)
     max_in = MAX_HEADER_BITS if mode in ("headers", "flow") else MAX_INPUT_BITS
+    if bits > 1:
+        _check(mode in MAX_MULTIBIT_INPUTS, "input.mode",
+               f"{' or '.join(MAX_MULTIBIT_INPUTS)} with input.bits > 1", mode)
+        max_in = MAX_MULTIBIT_INPUTS[mode]
     _check(1 <= sizes[0] <= max_in, "layers[0] (inputs)",
-           f"1..{max_in} in {mode} mode", sizes[0])
+           f"1..{max_in} in {mode} mode" + (f" with {bits}-bit inputs" if bits > 1 else ""),
+           sizes[0])
     for l, s in enumerate(sizes[1:-1], 1):
         _check(1 <= s <= MAX_HIDDEN_UNITS, f"layers[{l}] (hidden)",
                f"1..{MAX_HIDDEN_UNITS}", s)
@@ -80,6 +92,16 @@ def check_layout(sizes: list[int], input_: dict) -> None:
     if "port" in input_:  # headers mode ignores it, but a port that is there is a port
         port = input_["port"]
         _check(_is_int(port) and 1 <= port <= 65535, "input.port", "1..65535", port)
+
+
+def input_value_bits(input_: dict) -> tuple[int, bool]:
+    """(k, signed) of the input section: k = 1 (absent) is a binary input."""
+    bits, signed = input_.get("bits", 1), input_.get("signed", False)
+    _check(_is_int(bits) and 1 <= bits <= MAX_INPUT_VALUE_BITS, "input.bits",
+           f"an integer 1..{MAX_INPUT_VALUE_BITS}", bits)
+    _check(isinstance(signed, bool), "input.signed", "true or false", signed)
+    _check(bits > 1 or not signed, "input.signed", "false with 1-bit (binary) inputs", signed)
+    return bits, signed
 
 
 def _is_int(v) -> bool:
@@ -119,6 +141,21 @@ class Model:
     def mode(self) -> str:
         return self.input["mode"]
 
+    @property
+    def input_bits(self) -> int:
+        """k: 1 for binary inputs, 2..8 for one k-bit value per input byte."""
+        return self.input.get("bits", 1)
+
+    @property
+    def input_signed(self) -> bool:
+        return self.input.get("signed", False)
+
+    @property
+    def raw_bits(self) -> int:
+        """Bits the datapath reads from a packet or record for one input:
+        one per input, or a whole byte per multi-bit input."""
+        return self.sizes[0] * (8 if self.input_bits > 1 else 1)
+
     def validate(self) -> "Model":
         """Checks every field; raises ModelError naming the field."""
         sizes = self.sizes
@@ -150,7 +187,9 @@ class Model:
 
     def save(self, path: str | Path) -> None:
         self.validate()
-        header = {"format": FORMAT, "version": VERSION, "layers": self.sizes,
+        # Binary models keep version 1, byte for byte what older readers take.
+        version = MULTIBIT_VERSION if self.input_bits > 1 else VERSION
+        header = {"format": FORMAT, "version": version, "layers": self.sizes,
                   "input": self.input, "classes": self.classes, "provenance": self.provenance}
         arrays = {"header": np.frombuffer(json.dumps(header, indent=1).encode(), np.uint8)}
         for l, w in enumerate(self.weights):
@@ -393,7 +432,16 @@ def _header(z: zipfile.ZipFile, m: _Member) -> dict:
     _check(isinstance(header, dict), "header", "a JSON object", type(header).__name__)
     _check(header.get("format") == FORMAT, "format", repr(FORMAT), header.get("format"))
     version = header.get("version")
-    _check(_is_int(version) and version == VERSION, "version", VERSION, version)
+    _check(_is_int(version) and version in VERSIONS, "version",
+           " or ".join(map(str, VERSIONS)), version)
+    input_ = header.get("input")
+    if version == VERSION and isinstance(input_, dict):  # else check_layout names the problem
+        _check("bits" not in input_ and "signed" not in input_, "input.bits",
+               "no input.bits or input.signed in a version 1 file (they need version 2)",
+               input_)
+    elif isinstance(input_, dict):
+        _check("bits" in input_ and "signed" in input_, "input.bits",
+               "input.bits and input.signed in a version 2 file", input_)
     sizes = header.get("layers")
     _check(isinstance(sizes, list) and len(sizes) >= 3
            and all(_is_int(s) and s > 0 for s in sizes),
@@ -427,7 +475,7 @@ def _unique_keys(pairs: list) -> dict:
 
 
 def random_model(sizes: list[int], seed: int = 0, mode: str = "payload",
-                 port: int = DEFAULT_PORT) -> Model:
+                 port: int = DEFAULT_PORT, input_bits: int = 1, signed: bool = False) -> Model:
     """A valid model with random weights, for tests and benchmarks.
 
     Thresholds are drawn near 0 so that hidden units fire about half the time
@@ -435,11 +483,20 @@ def random_model(sizes: list[int], seed: int = 0, mode: str = "payload",
     layer mixes plain scores with scaled and biased ones so ties happen too.
     """
     input_ = {"mode": mode, "port": port} if mode == "payload" else {"mode": mode}
+    if input_bits > 1 or signed:
+        input_.update(bits=input_bits, signed=signed)
     check_layout(sizes, input_)
     rng = np.random.default_rng(seed)
     weights = [rng.integers(0, 2, (o, i), dtype=np.uint8) for i, o in zip(sizes, sizes[1:])]
     thresholds = [rng.integers(-int(np.sqrt(n)) - 1, int(np.sqrt(n)) + 2, o).astype(np.int64)
                   for n, o in zip(sizes[:-2], sizes[1:-1])]
+    if input_bits > 1:
+        # Near the middle of the first layer's range: a random k-bit dot
+        # product spreads by about the values' spread times sqrt(n).
+        spread = int(np.sqrt(sizes[0])) * 2 ** (input_bits - 1)
+        centre = 0 if signed else (2 ** input_bits - 1) * (2 * weights[0].astype(np.int64).sum(1)
+                                                           - sizes[0]) // 2
+        thresholds[0] = centre + rng.integers(-spread, spread + 1, sizes[1])
     n_classes = sizes[-1]
     out_scale = rng.choice([1, 1, 2, 3, -1], n_classes).astype(np.int64)
     out_bias = rng.integers(-4, 5, n_classes).astype(np.int64) * rng.integers(0, 2, n_classes)

@@ -123,12 +123,41 @@ def framework_classes(model, bits: np.ndarray) -> np.ndarray:
     g = model.graph
     name = _data_input(g).name
     x = np.asarray(bits, np.float32)
-    if ModelWrapper(model).get_tensor_datatype(name).name != "BINARY":
+    quant = _first_quant(model)
+    if quant is not None:  # multi-bit inputs: the integers, times the Quant's scale
+        x = x * np.float32(quant[2])
+    elif ModelWrapper(model).get_tensor_datatype(name).name != "BINARY":
         x = x * 2 - 1
     x = x.reshape(len(bits), *_input_dims(g))
     out = run_graph(model, {name: x})[g.output[0].name]
     out = out.reshape(len(bits), -1)
     return out[:, 0].astype(np.int64) if out.shape[1] == 1 else np.argmax(out, axis=1)
+
+
+def _first_quant(model):
+    """(k, signed, scale) of a multi-bit input Quant (after any reshapes), or None."""
+    gr = _Graph(model)
+    node = gr.next(gr.input.name)
+    while node is not None and node.op_type in RESHAPES + ("Identity",):
+        node = gr.next(node.output[0])
+    return _input_quant(gr, node) if node is not None and node.op_type == "Quant" else None
+
+
+def _input_quant(gr, node):
+    """(k, signed, scale) of a Quant on the input that the format can read:
+    k-bit integers times a constant scale, the packet's bytes being the
+    integers (docs/model-format.md, "Multi-bit inputs"); else None."""
+    ins = [gr.const.get(i) if i else None for i in node.input[1:4]]
+    if len(ins) < 3 or any(v is None or np.size(v) != 1 for v in ins):
+        return None
+    scale, zero, bits = (float(np.ravel(v)[0]) for v in ins)
+    attrs = {a.name: a for a in node.attribute}
+    signed = bool(attrs["signed"].i) if "signed" in attrs else True
+    narrow = bool(attrs["narrow"].i) if "narrow" in attrs else False
+    if not (scale > 0 and np.isfinite(scale) and zero == 0 and bits == int(bits)
+            and 2 <= bits <= 8 and not narrow):
+        return None
+    return int(bits), signed, scale
 
 
 def graph_inputs(model) -> int:
@@ -268,6 +297,9 @@ def _single(model, node_or_nodes, inputs: list, outputs: list, folded: dict | No
 def _input_values(gr: _Graph, node, n: int):
     """(lo, hi) per input: the activations that bit 0 and bit 1 become."""
     from qonnx.core.modelwrapper import ModelWrapper
+    if node is not None and node.op_type in ("Quant", "IntQuant"):
+        raise GraphError(f"{_label(node)}: an input quantizer that is not Quant with "
+                         "scale > 0, zero point 0, bitwidth 2..8, narrow 0")
     if node is not None and node.op_type in BINARIZERS:
         _check_binarizer(gr, node)
         x = np.stack([-np.ones(n, np.float32), np.ones(n, np.float32)])
@@ -365,13 +397,14 @@ def dot_values(n: int) -> np.ndarray:
 
 
 def fold_steps(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: np.ndarray, n: int,
-               where: str, zero_hint: str = ""):
+               where: str, zero_hint: str = "", a: np.ndarray | None = None):
     """(bits, thresholds) of a hidden layer from the framework's activations.
 
-    y[i, j] is unit j's output at dot product dot_values(n)[i]; lo and hi are
-    the two values the framework's binarizer can output, hi meaning +1.
+    y[i, j] is unit j's output at dot product a[i] (default dot_values(n);
+    a multi-bit first layer: every integer -M n .. M n); lo and hi are the
+    two values the framework's binarizer can output, hi meaning +1.
     """
-    a = dot_values(n)
+    a = dot_values(n) if a is None else a
     units = bits.shape[0]
     thresholds = np.empty(units, np.int64)
     bits = bits.copy()
@@ -386,9 +419,9 @@ def fold_steps(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: np.ndarray, 
         f = y[:, j] == hi[j]
         steps = np.count_nonzero(f[1:] != f[:-1])
         if not f.any():
-            thresholds[j] = n + 1
+            thresholds[j] = int(a[-1]) + 1
         elif f.all():
-            thresholds[j] = -n
+            thresholds[j] = int(a[0])
         elif steps != 1:
             raise GraphError(f"{where}: unit {j} is not a step in its dot product")
         elif f[-1]:
@@ -446,23 +479,24 @@ def binary_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, where: str):
     return (e > 0).T.astype(np.uint8), c, o @ w
 
 
-def _pre_activations(c, d, n) -> np.ndarray:
+def _pre_activations(c, d, n, a=None) -> np.ndarray:
     """What the MatMul outputs at every dot product: (values, units) float32."""
-    return (c[None, :] * dot_values(n)[:, None] + d[None, :]).astype(np.float32)
+    a = dot_values(n) if a is None else a
+    return (c[None, :] * a[:, None] + d[None, :]).astype(np.float32)
 
 
-def _fold_hidden(gr, nodes, binarizer, bits, c, d, n):
+def _fold_hidden(gr, nodes, binarizer, bits, c, d, n, a=None):
     """Thresholds of one hidden layer, from the framework's own output at every a."""
     _check_binarizer(gr, binarizer)
     units = bits.shape[0]
     out = binarizer.output[0]
-    y = _eval(gr, nodes + [binarizer], _pre_activations(c, d, n), out).reshape(-1, units)
+    y = _eval(gr, nodes + [binarizer], _pre_activations(c, d, n, a), out).reshape(-1, units)
     ends = _eval(gr, [binarizer], np.stack([np.full(units, -3e38, np.float32),
                                             np.full(units, 3e38, np.float32)]),
                  out).reshape(2, units)
     lo, hi = ends.min(axis=0).astype(np.float64), ends.max(axis=0).astype(np.float64)
     bits, thresholds = fold_steps(y, lo, hi, bits, n, _label(binarizer),
-                                  " (ONNX Sign(0) is 0: use BipolarQuant)")
+                                  " (ONNX Sign(0) is 0: use BipolarQuant)", a)
     return bits, thresholds, lo, hi
 
 
@@ -487,7 +521,21 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
     n = int(np.prod([d for d in dims[1:] if d])) if len(dims) > 1 else (dims[0] or 0)
     if not n:
         raise GraphError(f"input '{gr.input.name}': its size is not fixed ({dims})")
-    lo, hi, node = _input_values(gr, node, n)
+    first_a = None  # the first layer's dot products, when not dot_values(n)
+    quant = _input_quant(gr, node) if node is not None and node.op_type == "Quant" else None
+    if quant is not None:
+        # k-bit integers q times the scale s: x.W = s c a with a = q . sign(W)
+        k, signed, scale = quant
+        input_.update(bits=k, signed=signed)
+        try:  # the input count's limit, before folding over (2 M n + 1) values
+            check_layout([n, 1, 2], input_)
+        except ModelError as e:
+            raise GraphError(f"{_label(node)}: {e}") from None
+        m = 2 ** (k - 1) if signed else 2 ** k - 1
+        first_a = np.arange(-m * n, m * n + 1, dtype=np.float64)
+        lo, hi, node = -np.full(n, scale), np.full(n, scale), gr.next(node.output[0])
+    else:
+        lo, hi, node = _input_values(gr, node, n)
 
     weights, thresholds = [], []
     sizes = [n]
@@ -505,7 +553,8 @@ def import_graph(model, input_mode: str | None = None, classes: list[str] | None
         chain, node = _chain(gr, gr.next(linear.output[0]), units)
         if node is not None and node.op_type in BINARIZERS:
             check_limits(sizes + [units, 2], input_["mode"], _label(linear), len(weights))
-            bits, t, lo, hi = _fold_hidden(gr, chain, node, bits, c, d, sizes[-1])
+            bits, t, lo, hi = _fold_hidden(gr, chain, node, bits, c, d, sizes[-1],
+                                           first_a if not weights else None)
             weights.append(bits)
             thresholds.append(t)
             sizes.append(units)
@@ -592,21 +641,36 @@ def export_graph(model: Model):
     MatMul ±1 -> Cast(double) -> Mul out_scale -> Add out_bias.  Every value
     is exact: dot products are integers below 2^11 in float32, scores below
     2^41 in float64.  FINN's flow reads this form (a streamlined BNN).
+
+    A model with k-bit inputs starts with Quant (scale 1, zero point 0,
+    bitwidth k, signed or not, not narrow) instead, for inputs that are the
+    k-bit integers themselves; its first dot products are integers below
+    2^15 in magnitude, still exact in float32.
     """
     _need_qonnx()
     from onnx import TensorProto, helper, numpy_helper
     q = "qonnx.custom_op.general"
     n = model.sizes[0]
-    nodes = [helper.make_node("BipolarQuant", ["input", "one"], ["x0"], domain=q,
-                              name="binarize_input")]
+    k = model.input_bits
     inits = [numpy_helper.from_array(np.float32(1.0), "one")]
+    if k == 1:
+        nodes = [helper.make_node("BipolarQuant", ["input", "one"], ["x0"], domain=q,
+                                  name="binarize_input")]
+    else:
+        nodes = [helper.make_node("Quant", ["input", "one", "zero", "bitwidth"], ["x0"],
+                                  domain=q, name="quantize_input",
+                                  signed=int(model.input_signed), narrow=0,
+                                  rounding_mode="ROUND")]
+        inits += [numpy_helper.from_array(np.float32(0.0), "zero"),
+                  numpy_helper.from_array(np.float32(k), "bitwidth")]
     x = "x0"
     for l, w in enumerate(model.weights):
         wname = f"w{l}"
         inits.append(numpy_helper.from_array((w.T.astype(np.float32) * 2 - 1), wname))
         nodes.append(helper.make_node("MatMul", [x, wname], [f"a{l}"], name=f"matmul{l}"))
         if l < len(model.thresholds):
-            fan_in = w.shape[1]
+            # a's range: ±n, or ±(largest |value|) n for k-bit inputs
+            fan_in = w.shape[1] * (1 if l or k == 1 else 2 ** k)
             t = np.clip(model.thresholds[l], -fan_in, fan_in + 1).astype(np.float32)[:, None]
             inits.append(numpy_helper.from_array(t, f"t{l}"))
             nodes.append(helper.make_node("MultiThreshold", [f"a{l}", f"t{l}"], [f"x{l + 1}"],

@@ -156,13 +156,28 @@ def pm1(bits: np.ndarray) -> np.ndarray:
     return bits.astype(np.float64) * 2 - 1
 
 
+def net_input(ds: Dataset) -> np.ndarray:
+    """What the network multiplies: ±1 for bits, the integers themselves for
+    multi-bit values (batch norm after the first layer absorbs their scale)."""
+    if ds.encoding.get("kind") == "values":
+        return ds.bits.astype(np.float64)
+    return pm1(ds.bits)
+
+
+def input_section(ds: Dataset) -> dict:
+    """The model's input.bits and input.signed for this data's encoding."""
+    if ds.encoding.get("kind") == "values":
+        return {"bits": ds.encoding["bits"], "signed": ds.encoding["signed"]}
+    return {}
+
+
 def fit(train: Dataset, val: Dataset, sizes: list[int], binary: bool, cfg: Config,
         progress=None) -> tuple[Net, dict]:
     """Trains one network; returns it at its best validation epoch, and a log."""
     rng = np.random.default_rng(cfg.seed)
     net = Net(sizes, binary, rng)
-    x, y = pm1(train.bits), train.labels
-    xv = pm1(val.bits)
+    x, y = net_input(train), train.labels
+    xv = net_input(val)
     best = (-1.0, 0, net.snapshot())
     epochs_run = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -228,19 +243,22 @@ def train(ds: Dataset, cfg: Config, port: int | None = None, progress=None) -> M
     holds the report."""
     started = time.monotonic()
     sizes = [ds.bits.shape[1], *cfg.hidden, len(ds.classes)]
-    random_model(sizes, mode=ds.mode)  # the format's limits, checked before any training
+    # the format's limits, checked before any training
+    random_model(sizes, mode=ds.mode, input_bits=input_section(ds).get("bits", 1),
+                 signed=input_section(ds).get("signed", False))
     train_set, val, test = split(ds, cfg)
     if progress:
         progress(f"data {ds.source}: {len(train_set.labels)} training, {len(val.labels)} "
-                 f"validation, {len(test.labels)} test samples, {sizes[0]} input bits, "
+                 f"validation, {len(test.labels)} test samples, {sizes[0]} inputs, "
                  f"{len(ds.classes)} classes")
     bnn, bnn_log = fit(train_set, val, sizes, True, cfg, progress)
     fp, fp_log = fit(train_set, val, sizes, False, cfg, progress)
-    xt = pm1(test.bits)
+    xt = net_input(test)
     binarized_pred = bnn.predict(xt)
     input_ = {"mode": ds.mode}
     if ds.mode == "payload":
         input_["port"] = port or 9595
+    input_.update(input_section(ds))
     report = {
         "data": ds.source, "encoding": ds.encoding, "classes": ds.classes,
         "config": asdict(cfg), "shape": "-".join(map(str, sizes)),
@@ -270,9 +288,13 @@ def labeled_test_set(model: Model) -> Dataset:
         raise ValueError("no training report in its provenance (not made by `xdpnn train`)")
     cfg = Config(**report["config"])
     encoding = report["encoding"]
-    levels = len(encoding["cuts"]) if report["data"] == "digits" else encoding.get("levels")
+    values = encoding.get("kind") == "values"
+    levels = (len(encoding["cuts"]) if report["data"] == "digits" and not values
+              else encoding.get("levels"))
     ds = load(report["data"], levels=levels, label_column=encoding.get("label_column"),
-              split_seed=cfg.seed, test_fraction=cfg.test_fraction)
+              split_seed=cfg.seed, test_fraction=cfg.test_fraction,
+              input_bits=encoding.get("bits", 1) if values else 1,
+              signed=bool(encoding.get("signed")) if values else False)
     return split(ds, cfg)[2]
 
 
