@@ -87,7 +87,7 @@ static __always_inline void stage_write(struct nn_stage_act *act, const __u64 *x
 static __always_inline __u32 stage_layers(const __u64 *m, __u64 *a, __u64 *b, __u64 **out)
 {
 #if NN_STAGE_RUNS(0)
-	NN_STAGE_HIDDEN(0);
+	NN_FIRST_LAYER(a, b); /* a multi-bit first layer too (bnn.h); a stage's first */
 #endif
 #if NN_STAGE_RUNS(1)
 	NN_STAGE_HIDDEN(1);

@@ -129,6 +129,16 @@ def test_stages_bit_exact_at_every_boundary(cuts):
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("signed", [False, True])
+def test_multibit_first_layer_in_a_stage(signed):
+    """Stage 0 computes a k-bit first layer (bpf/bnn_multibit.h) like one program."""
+    m = random_model([48, 32, 24, 5], seed=6, input_bits=8, signed=signed)
+    res = testrun.verify(m, 2000, seed=3, cuts=[(0, 1), (1, 3)])
+    assert res["mismatches"] == 0, res["examples"]
+    assert res["classes_seen"] >= 3
+
+
+@pytest.mark.root
 def test_lfc_bit_exact_through_stages():
     m = random_model(LFC, seed=1)
     cuts = plan.auto_cuts(m)
