@@ -29,6 +29,23 @@ _Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stag
 
 #define NN_STAGE_LAST (NN_STAGE_END == NN_HIDDEN + 1)
 
+/* Packet-carried activations (NN_STAGE_CARRY=1, docs/partitioning.md, "On the
+ * wire"): a stage that hands on puts the 16-byte header (digest, next_layer,
+ * bits) and the activation words in front of the frame (headroom: veth,
+ * CPUMAP and test runs keep 256 bytes; tailroom depends on the skb); the
+ * next stage reads them there and cuts them off, so the last stage has the
+ * frame as it arrived.  NN_STAGE_NEXT_CPU >= 0: the next stage is the program of
+ * that CPU's entry in nn_cpus (CPUMAP), not a tail call. */
+#ifndef NN_STAGE_CARRY
+#define NN_STAGE_CARRY 0
+#endif
+#ifndef NN_STAGE_NEXT_CPU
+#define NN_STAGE_NEXT_CPU -1
+#endif
+#if NN_STAGE_NEXT_CPU >= 0 && !NN_STAGE_CARRY
+#error "a CPUMAP chain carries the activations in the packet: NN_STAGE_CARRY=1"
+#endif
+
 /* Input counts, in bits, of this stage's first layer and of the next's. */
 #if NN_STAGE_FIRST == NN_HIDDEN
 #define NN_STAGE_IN_BITS NN_OUT_IN
@@ -43,12 +60,14 @@ _Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stag
 #define NN_STAGE_PASTE(a, b, c) NN_STAGE_PASTE2(a, b, c)
 #define NN_STAGE_PASTE2(a, b, c) a##b##c
 
+#define NN_STAGE_BYTES(bits) (8 * (((bits) + 63) / 64))
+
 /* The maps (nn_stage, nn_stage_err, nn_next) are declared in xdpnn.c: BCC
  * rewrites map accesses in the main file only. */
 
 /* The activations for this stage (nn_stage entry NN_STAGE % 2) into x, or
  * the reason they are refused (enum nn_stage_error); -1 when taken. */
-static __always_inline int stage_read(const struct nn_stage_act *act, __u64 *x)
+static __always_inline int stage_check(const struct nn_stage_act *act)
 {
 	if (act->digest != NN_STAGE_DIGEST)
 		return NN_STAGE_BAD_DIGEST;
@@ -56,9 +75,39 @@ static __always_inline int stage_read(const struct nn_stage_act *act, __u64 *x)
 		return NN_STAGE_BAD_LAYER;
 	if (act->bits != NN_STAGE_IN_BITS)
 		return NN_STAGE_BAD_BITS;
+	return -1;
+}
+
+static __always_inline int stage_read(const struct nn_stage_act *act, __u64 *x)
+{
+	int refused = stage_check(act);
+	if (refused >= 0)
+		return refused;
 	__builtin_memcpy(x, act->w, NN_MAX_WORDS * 8);
 	return -1;
 }
+
+#if NN_STAGE_CARRY && NN_STAGE > 0
+/* The activations at the front of the frame into act (a per-CPU buffer),
+ * then cut off; a reason to refuse them, else -1. */
+static __always_inline int stage_take(struct xdp_md *ctx, struct nn_stage_act *act)
+{
+	__u32 len = ctx->data_end - ctx->data;
+	if (len < NN_STAGE_HEADER + 14 || bpf_xdp_load_bytes(ctx, 0, act, NN_STAGE_HEADER))
+		return NN_STAGE_TRUNCATED;
+	int refused = stage_check(act);
+	if (refused >= 0)
+		return refused;
+	/* bits is this layer's: the words' length is the one compiled in. */
+	__u32 carried = NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_IN_BITS);
+	if (len < carried + 14 ||
+	    bpf_xdp_load_bytes(ctx, NN_STAGE_HEADER, act->w, NN_STAGE_BYTES(NN_STAGE_IN_BITS)))
+		return NN_STAGE_TRUNCATED;
+	if (bpf_xdp_adjust_head(ctx, carried))
+		return NN_STAGE_TRUNCATED; /* cannot happen: the frame keeps its 14 bytes */
+	return -1;
+}
+#endif
 
 #if !NN_STAGE_LAST
 /* Hands the activations in x to the next stage (entry (NN_STAGE + 1) % 2). */
@@ -69,6 +118,22 @@ static __always_inline void stage_write(struct nn_stage_act *act, const __u64 *x
 	act->bits = NN_STAGE_OUT_BITS;
 	__builtin_memcpy(act->w, x, NN_MAX_WORDS * 8);
 }
+
+#if NN_STAGE_CARRY
+/* Puts act's header and words in front of the frame; a reason it could not, else -1. */
+static __always_inline int stage_put(struct xdp_md *ctx, const struct nn_stage_act *act)
+{
+	__u32 carried = NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_OUT_BITS);
+	if (bpf_xdp_adjust_head(ctx, -(int)carried))
+		return NN_STAGE_NO_ROOM;
+	/* struct nn_stage_act is the header, then the words: one copy. */
+	if (bpf_xdp_store_bytes(ctx, 0, (void *)act, carried)) {
+		bpf_xdp_adjust_head(ctx, carried);
+		return NN_STAGE_NO_ROOM; /* cannot happen: the room was just made */
+	}
+	return -1;
+}
+#endif
 #endif
 
 /* Hidden layer l of this stage: the stage's input is in a, and layers

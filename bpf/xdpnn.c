@@ -109,7 +109,11 @@ BPF_DEVMAP(nn_tx_port, NN_TX_SLOTS);
 /* Activations between stages, and why a stage refused some (stage.h). */
 NN_SHARED("percpu_array", struct nn_stage_act, nn_stage, NN_STAGE_SLOTS);
 NN_SHARED("percpu_array", __u64, nn_stage_err, NN_STAGE__COUNT);
-#if !NN_STAGE_LAST
+#if !NN_STAGE_LAST && NN_STAGE_NEXT_CPU >= 0
+/* The next stage's program as the entry of its CPU (struct bpf_cpumap_val:
+ * queue size, program fd); filled by the loader. */
+BPF_XDP_REDIRECT_MAP("cpumap", __u64, nn_cpus, NN_STAGE_CPU_SLOTS);
+#elif !NN_STAGE_LAST
 /* The next stage's program, in slot 0; filled by the loader. */
 NN_PROG_ARRAY(nn_next, 1);
 #endif
@@ -269,9 +273,30 @@ static __always_inline int stage_run(struct xdp_md *ctx, const struct nn_config 
 	if (!next)
 		return verdict(c, forward(ctx, cfg)); /* cannot happen: array entries exist */
 	stage_write(next, out);
+#if NN_STAGE_CARRY
+	int lost = stage_put(ctx, next);
+	if (lost >= 0) {
+		stage_count(lost);
+		return verdict(c, forward(ctx, cfg));
+	}
+#endif
+#if NN_STAGE_NEXT_CPU >= 0
+	/* The verdict is the last stage's to count; a frame that carries
+	 * activations has no default path. */
+	int v = nn_cpus.redirect_map(NN_STAGE_NEXT_CPU, XDP_DROP);
+	if (v == XDP_REDIRECT)
+		return v;
+	stage_count(NN_STAGE_NO_NEXT);
+	return verdict(c, v);
+#else
 	nn_next.call(ctx, 0); /* BCC: bpf_tail_call(); returns only if the slot is empty */
 	stage_count(NN_STAGE_NO_NEXT);
+#if NN_STAGE_CARRY
+	return verdict(c, XDP_DROP); /* it carries activations: not the frame that came */
+#else
 	return verdict(c, forward(ctx, cfg));
+#endif
+#endif
 #endif
 }
 #endif
@@ -307,7 +332,14 @@ int xdpnn(struct xdp_md *ctx)
 	/* Activations from the stage before, or a reason to refuse them. */
 	__u32 slot = NN_STAGE % NN_STAGE_SLOTS;
 	struct nn_stage_act *got = nn_stage.lookup(&slot);
+#if NN_STAGE_CARRY
+	/* The packet's activations, through this CPU's entry. */
+	int refused = got ? stage_take(ctx, got) : NN_STAGE_BAD_DIGEST;
+	if (refused < 0 && got)
+		refused = stage_read(got, s->a);
+#else
 	int refused = got ? stage_read(got, s->a) : NN_STAGE_BAD_DIGEST;
+#endif
 	if (refused >= 0) {
 		stage_count(refused);
 		return verdict(c, XDP_DROP);

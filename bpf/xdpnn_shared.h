@@ -159,13 +159,18 @@ struct nn_serve_counters {
 #define NN_STAGE_MAX_WORDS 16 /* activations of up to 1024 neurons */
 #define NN_STAGE_SLOTS 2      /* nn_stage entries: stage s reads s % 2, writes the other */
 #define NN_STAGE_MAX 5        /* at most one stage per layer */
+#define NN_STAGE_HEADER 16    /* digest, next_layer, bits: the front of a carrying frame */
+#define NN_STAGE_QSIZE 2048   /* frames a CPUMAP entry queues for its CPU */
 
 /* Why a stage refused or lost a packet (nn_stage_err, per CPU). */
 enum nn_stage_error {
 	NN_STAGE_BAD_DIGEST = 0, /* activations of another model: dropped */
 	NN_STAGE_BAD_LAYER,      /* activations for another layer: dropped */
 	NN_STAGE_BAD_BITS,       /* an activation count this layer does not take: dropped */
-	NN_STAGE_NO_NEXT,        /* the next stage's slot was empty: default path */
+	NN_STAGE_NO_NEXT,        /* the next stage's slot was empty: default path (tail
+	                          * call) or dropped (CPUMAP: the frame carries activations) */
+	NN_STAGE_TRUNCATED,      /* a packet-carried frame shorter than its header says: dropped */
+	NN_STAGE_NO_ROOM,        /* the frame could not grow to carry activations: default path */
 	NN_STAGE__COUNT,
 };
 

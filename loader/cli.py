@@ -72,6 +72,18 @@ SECONDS = float_in(0, 86400)
 IFNAME = _typed(check_ifname, "an interface name (1..15 bytes, no '/', ':', '@' or spaces)")
 NETNS = _typed(check_netns_name, "a network namespace name (no '/', not '.' or '..')")
 SHAPE = _typed(_shape, "sizes joined by '-', like 784-64-32-10")
+
+
+def _cpu_list(text: str) -> list[int]:
+    if not re.fullmatch(r"[0-9]{1,4}(,[0-9]{1,4})*", text):
+        raise ValueError
+    cpus = [int(c) for c in text.split(",")]
+    if len(set(cpus)) != len(cpus):
+        raise ValueError
+    return cpus
+
+
+CPU_LIST = _typed(_cpu_list, "CPU numbers joined by ',', each once, like 1 or 1,2")
 MODEL_ID = int_in(0, 65535)  # a request's; the command checks it against the ids it serves
 ADDRESS = _typed(lambda t: str(ipaddress.ip_address(t)), "an IPv4 or IPv6 address")
 
@@ -182,7 +194,8 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
   sudo xdpnn -n dut attach d0 --model model.npz --peer d1 --action attack=redirect:mon0
   sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic
   sudo xdpnn -n srv attach s0 --model model.npz --serve
-  sudo xdpnn attach veth0 --model lfc.npz --plan lfc-plan.json""", options=[
+  sudo xdpnn attach veth0 --model lfc.npz --plan lfc-plan.json
+  sudo xdpnn attach veth0 --model m.npz --plan p2.json --cpus 1   stage 1 on CPU 1""", options=[
     arg("iface", type=IFNAME, help="interface to attach to"),
     arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
     arg("--peer", type=IFNAME, metavar="IFACE2",
@@ -202,6 +215,10 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
         help="run the model as the tail-call stages of this plan (`xdpnn plan --out`); "
              "without it, a model over one program's verifier budget is cut automatically "
              "(docs/partitioning.md)"),
+    arg("--cpus", type=CPU_LIST, metavar="C1[,C2...]",
+        help="run stages 1, 2, ... on these CPUs, one each, chained by CPUMAP with the "
+             "activations in the packet; stage 0 runs on the CPU that receives the frame "
+             "(docs/partitioning.md, 'CPUMAP chaining')"),
 ])
 def cmd_attach(args):
     from xdpnn.loader import datapath
@@ -209,7 +226,8 @@ def cmd_attach(args):
         return print_ebpf(datapath.load_model(args.model))
     rec = datapath.attach(args.iface, args.model, peer=args.peer, input_mode=args.input,
                           port=args.port, actions=args.action, xdp_mode=args.xdp_mode,
-                          ns=args.netns, serve=args.serve, plan_path=args.plan)
+                          ns=args.netns, serve=args.serve, plan_path=args.plan,
+                          cpus=args.cpus)
     where = f" (netns {args.netns})" if args.netns else ""
     peer = f", forwarding to {args.peer}" if args.peer else ""
     port = f" port {rec['port']}" if rec["port"] else ""
@@ -260,7 +278,9 @@ def cmd_status(args):
             lines.append(f"  model {k}: {m['shape']} {m['path']} (sha256 {m['sha256'][:12]}, "
                          f"prog id {m['prog_id']}, model map {m['model_map_id']}){by_port}")
         if r.get("stages"):
-            lines.append(f"  {len(r['stages'])} stages (tail calls): "
+            how = (f"CPUMAP, stages 1.. on CPUs {','.join(map(str, r['cpus']))}"
+                   if r.get("cpus") else "tail calls")
+            lines.append(f"  {len(r['stages'])} stages ({how}): "
                          + " | ".join(f"layers {a}..{b - 1}" for a, b in r["stages"]))
     out(args, recs, "\n".join(lines))
 

@@ -104,7 +104,8 @@ def check_kernel_headers() -> None:
 
 def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (),
           methods=None, added_to: str | None = None, model_id: int = 0,
-          extra_maps: tuple[str, ...] = (), what: str | None = None) -> Program:
+          extra_maps: tuple[str, ...] = (), what: str | None = None,
+          cpumap: bool = False) -> Program:
     """Compiles and loads the program for model, puts the model in force.
     methods forces each hidden layer's method (tests, measurements); a
     program built so must be given models with write_model(..., methods).
@@ -114,7 +115,8 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
     and with a model_id, it is a model chosen by port, with an nn_config of
     its own that the caller fills (loader/multimodel.py).  Stages
     (loader/stages.py) pass their flags in defines, the maps they hand out
-    besides the usual ones in extra_maps, and name themselves in what."""
+    besides the usual ones in extra_maps, and name themselves in what;
+    cpumap: loaded to run as a CPUMAP entry's program (a later CPUMAP stage)."""
     if sys.byteorder != "little":
         raise MissingFeatureError("compile: the weight layout (docs/model-format.md) is "
                                   "little-endian, and this CPU is big-endian")
@@ -132,7 +134,7 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
     if model.mode == "flow":
         names += ("nn_flows", "nn_flow_clock")
     what = what or f"model {model.shape}" + (f" (id {model_id})" if added_to else "")
-    prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, what)
+    prog_fd, fds = load_in_child(text, cflags, "xdpnn", names, what, cpumap)
     prog = Program(prog_fd=prog_fd, maps=fds, model=model, cflags=cflags,
                    record_input=record_input, methods=methods)
     try:
@@ -149,7 +151,7 @@ def build(model: Model, record_input: bool = False, defines: tuple[str, ...] = (
 
 
 def load_in_child(text: str, cflags: list[str], func: str, map_names: tuple[str, ...],
-                  what: str) -> tuple[int, dict[str, int]]:
+                  what: str, cpumap: bool = False) -> tuple[int, dict[str, int]]:
     """Compiles and loads an XDP program in a child process and returns the
     program's and maps' file descriptors, passed back over a unix socket.
 
@@ -165,7 +167,7 @@ def load_in_child(text: str, cflags: list[str], func: str, map_names: tuple[str,
             os.dup2(log.fileno(), 2)  # what libbcc, clang and the verifier print
             faulthandler.disable()  # a crash here is the parent's to report
             try:
-                _compile_and_send(child, text, cflags, func, map_names)
+                _compile_and_send(child, text, cflags, func, map_names, cpumap)
             finally:
                 os._exit(0)
         child.close()
@@ -197,7 +199,7 @@ def load_in_child(text: str, cflags: list[str], func: str, map_names: tuple[str,
 
 
 def _compile_and_send(sock: socket.socket, text: str, cflags: list[str], func: str,
-                      map_names: tuple[str, ...]) -> None:
+                      map_names: tuple[str, ...], cpumap: bool = False) -> None:
     """In the child: BCC's compile and load; the fds, or what failed, to sock."""
     BPF = import_bcc()
     step, why = "compile", None
@@ -205,7 +207,8 @@ def _compile_and_send(sock: socket.socket, text: str, cflags: list[str], func: s
         bpf = BPF(text=text, cflags=cflags)
         step = "load"
         try:
-            fn = bpf.load_func(func, BPF.XDP)
+            # A CPUMAP entry takes only programs loaded for it (expected_attach_type).
+            fn = bpf.load_func(func, BPF.XDP, attach_type=35 if cpumap else -1)  # BPF_XDP_CPUMAP
         except Exception as e:
             if "Argument list too long" in str(e):  # E2BIG: BCC says "Program too large"
                 why = ("it needs more than the verifier's 1,000,000 processed instructions; "

@@ -156,11 +156,13 @@ def model_summary(model: model_file.Model, path: str) -> dict:
 
 def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str | None = None,
            port: int | None = None, actions: list[str] = (), xdp_mode: str = "native",
-           ns: str | None = None, serve: bool = False, plan_path: str | None = None) -> dict:
+           ns: str | None = None, serve: bool = False, plan_path: str | None = None,
+           cpus: list[int] | None = None) -> dict:
     """Validates, compiles, fills maps, pins and attaches; all or nothing.
     serve: answer requests to the port with XDP_TX (docs/serving.md).
     A model over one program's verifier budget runs as tail-call stages,
-    cut by the planner or as plan_path says (docs/partitioning.md)."""
+    cut by the planner or as plan_path says (docs/partitioning.md); cpus:
+    stages 1.. run on these CPUs instead, chained by CPUMAP."""
     from xdpnn.loader import plan
     model = load_model(model_path)
     if input_mode and input_mode != model.mode:
@@ -189,18 +191,27 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         raise UsageError(f"model {model.shape} runs as {len(cuts)} stages, and stages run "
                          f"payload and headers models without serving, not "
                          f"{'--serve' if serve else 'flow mode'} (docs/partitioning.md)")
+    if cpus is not None:
+        from xdpnn.loader import stages
+        if not cuts or len(cuts) < 2:
+            raise UsageError(f"--cpus: model {model.shape} runs as one program; give a "
+                             "--plan of 2 or more stages to spread it over CPUs")
+        if xdp_mode != "native":
+            raise UsageError("--cpus: CPUMAP chaining needs --xdp-mode native")
+        cpus = stages.check_cpus(cpus, len(cuts))
     ensure_bpffs()
     with writer_lock(iface, ns):
         return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve,
-                       cuts if cuts and len(cuts) > 1 else None)
+                       cuts if cuts and len(cuts) > 1 else None, cpus)
 
 
-def stage_pins(s: int, last: bool) -> tuple[str, ...]:
+def stage_pins(s: int, last: bool, nxt: str = "nn_next") -> tuple[str, ...]:
     """The pins of stage s >= 1 beside stage 0's (bpffs refuses dots)."""
-    return tuple(f"stage{s}_{n}" for n in ("prog", "nn_model") + (() if last else ("nn_next",)))
+    return tuple(f"stage{s}_{n}" for n in ("prog", "nn_model") + (() if last else (nxt,)))
 
 
-def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cuts) -> dict:
+def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cuts,
+            cpus=None) -> dict:
     pdir = pin_dir(iface, ns)
     if os.path.exists(pdir):
         raise StateError(f"{iface}: xdpnn is already attached ({pdir}); "
@@ -223,6 +234,8 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
               "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if cuts:
         record["stages"] = [list(c) for c in cuts]
+    if cpus:
+        record["cpus"] = cpus
     encode_record(record)  # before compiling: the widest prog_id, so it fits later too
 
     with ExitStack() as undo:
@@ -230,7 +243,7 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
             from xdpnn.loader import stages
             os.makedirs(pdir)
             undo.callback(remove_pins, pdir)
-            prog = stages.build(model, cuts, pdir)
+            prog = stages.build(model, cuts, pdir, cpus=cpus)
         else:
             prog = compile.build(model, defines=("NN_SERVE",) if serve else ())
         undo.callback(prog.close)
@@ -256,11 +269,12 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
             if name in prog.maps and not os.path.exists(f"{pdir}/{name}"):
                 bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
         if cuts:  # a program array keeps its slots only while a pin holds it
-            bpf_sys.pin(prog.maps["nn_next"], f"{pdir}/nn_next")
+            nxt = "nn_cpus" if cpus else "nn_next"  # a CPUMAP holds its programs: pinned to show
+            bpf_sys.pin(prog.maps[nxt], f"{pdir}/{nxt}")
             for s, p in enumerate(prog.stages[1:], 1):
                 last = s == len(cuts) - 1
-                for pin, fd in zip(stage_pins(s, last),
-                                   (p.prog_fd, p.maps["nn_model"], p.maps.get("nn_next"))):
+                for pin, fd in zip(stage_pins(s, last, nxt),
+                                   (p.prog_fd, p.maps["nn_model"], p.maps.get(nxt))):
                     bpf_sys.pin(fd, f"{pdir}/{pin}")
 
         with netns(ns):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,9 @@ from xdpnn.trainer.model import Model
 
 # The maps of stage 0 that later stages open through pins (bpf/stage.h).
 SHARED = ("nn_config", "nn_counters", "nn_tx_port", "nn_serve", "nn_stage", "nn_stage_err")
-ERRORS = python_names(ENUMS["nn_stage_error"])  # bad_digest, bad_layer, bad_bits, no_next
+# bad_digest, bad_layer, bad_bits, no_next, truncated, no_room
+ERRORS = python_names(ENUMS["nn_stage_error"])
+HEADER = DEFINES["NN_STAGE_HEADER"]
 SLOTS = DEFINES["NN_STAGE_SLOTS"]
 MAX_WORDS = DEFINES["NN_STAGE_MAX_WORDS"]
 ACT_BYTES = 16 + 8 * MAX_WORDS  # struct nn_stage_act
@@ -64,9 +67,45 @@ def check_cuts(sizes: list[int], cuts: list[list[int]], what: str) -> list[tuple
     return [tuple(c) for c in cuts]
 
 
-def flags(model: Model, stage: int, first: int, end: int) -> tuple[str, ...]:
-    return (f"NN_STAGE={stage}", f"NN_STAGE_FIRST={first}", f"NN_STAGE_END={end}",
-            f"NN_STAGE_DIGEST={digest(model):#x}ULL")
+def flags(model: Model, stage: int, first: int, end: int, carry: bool = False,
+          next_cpu: int | None = None) -> tuple[str, ...]:
+    out = (f"NN_STAGE={stage}", f"NN_STAGE_FIRST={first}", f"NN_STAGE_END={end}",
+           f"NN_STAGE_DIGEST={digest(model):#x}ULL")
+    if carry:
+        out += ("NN_STAGE_CARRY=1",)
+    if next_cpu is not None:
+        out += (f"NN_STAGE_NEXT_CPU={next_cpu}",
+                f"NN_STAGE_CPU_SLOTS={bpf_sys.possible_cpus()}")
+    return out
+
+
+def carried(bits: int) -> bytes:
+    """Bytes a frame grows by to carry bits activations (header, words)."""
+    return HEADER + 8 * ((bits + 63) // 64)
+
+
+def check_cpus(cpus, n_stages: int) -> list[int]:
+    """The CPUs of stages 1..n-1 (stage 0 runs where the frame arrives):
+    one each, online."""
+    online = online_cpus()
+    if len(cpus) != n_stages - 1:
+        raise UsageError(f"--cpus {','.join(map(str, cpus))}: the model runs as {n_stages} "
+                         f"stages, so give {n_stages - 1} CPU(s), one for each stage after "
+                         "the first (stage 0 runs on the CPU that receives the frame)")
+    bad = [c for c in cpus if c not in online]
+    if bad:
+        raise UsageError(f"--cpus: CPU {bad[0]} is not online (online: "
+                         f"{','.join(map(str, sorted(online)))})")
+    return list(cpus)
+
+
+def online_cpus() -> set[int]:
+    out = set()
+    with open("/sys/devices/system/cpu/online") as f:
+        for part in f.read().strip().split(","):
+            a, _, b = part.partition("-")
+            out.update(range(int(a), int(b or a) + 1))
+    return out
 
 
 @dataclass
@@ -106,10 +145,13 @@ class Staged:
 
 
 def build(model: Model, cuts, pin_dir: str, record_input: bool = False, methods=None,
-          link: bool = True) -> Staged:
+          link: bool = True, carry: bool = False, cpus: list[int] | None = None) -> Staged:
     """Builds every stage; stage 0's shared maps are pinned in pin_dir (an
     existing folder; the caller removes it).  link=False leaves the nn_next
-    slots empty (each stage then runs alone: --measure)."""
+    slots empty (each stage then runs alone: --measure).  carry: the
+    activations travel in the packet; cpus (those of stages 1.., checked by
+    check_cpus): each stage hands the frame to the next one's CPU by CPUMAP,
+    carrying them."""
     cuts = check_cuts(model.sizes, [list(c) for c in cuts], f"stages of {model.shape}")
     if model.mode not in ("payload", "headers"):
         raise UsageError(f"model {model.shape}: stages run payload and headers models "
@@ -120,24 +162,30 @@ def build(model: Model, cuts, pin_dir: str, record_input: bool = False, methods=
     try:
         for s, (first, end) in enumerate(cuts):
             last = s == len(cuts) - 1
-            extra = (() if last else ("nn_next",)) + (("nn_stage", "nn_stage_err") if s == 0
-                                                      else ())
+            nxt = "nn_cpus" if cpus else "nn_next"
+            extra = (() if last else (nxt,)) + (("nn_stage", "nn_stage_err") if s == 0
+                                                else ())
+            f = flags(model, s, first, end, carry or bool(cpus),
+                      cpus[s] if cpus and not last else None)
             what = f"model {model.shape} stage {s} (layers {first}..{end - 1})"
             if s == 0:
                 p = compile.build(model, record_input=record_input,
-                                  defines=flags(model, s, first, end), methods=methods,
+                                  defines=f, methods=methods,
                                   extra_maps=extra, what=what)
                 built.append(p)
                 for name in SHARED:
                     if not os.path.exists(f"{pin_dir}/{name}"):
                         bpf_sys.pin(p.maps[name], f"{pin_dir}/{name}")
             else:
-                built.append(compile.build(model, defines=flags(model, s, first, end),
-                                           methods=methods, added_to=pin_dir, extra_maps=extra,
-                                           what=what))
+                built.append(compile.build(model, defines=f, methods=methods, added_to=pin_dir,
+                                           extra_maps=extra, what=what, cpumap=bool(cpus)))
         if link:
-            for prev, nxt in zip(built, built[1:]):
-                progarray.put(prev.maps["nn_next"], 0, nxt.prog_fd, "nn_next")
+            for s, (prev, nxt) in enumerate(zip(built, built[1:])):
+                if cpus:  # struct bpf_cpumap_val: queue size, then the program
+                    value = struct.pack("<Ii", DEFINES["NN_STAGE_QSIZE"], nxt.prog_fd)
+                    bpf_sys.map_update(prev.maps["nn_cpus"], cpus[s], value, "nn_cpus")
+                else:
+                    progarray.put(prev.maps["nn_next"], 0, nxt.prog_fd, "nn_next")
     except BaseException:
         for p in built:
             p.close()
@@ -165,10 +213,10 @@ class TempPins:
 
 
 def build_unpinned(model: Model, cuts, record_input: bool = False, methods=None,
-                   link: bool = True) -> Staged:
+                   link: bool = True, carry: bool = False) -> Staged:
     """build() through a temporary pin folder, removed before it returns."""
     with TempPins() as d:
-        return build(model, cuts, d, record_input, methods, link)
+        return build(model, cuts, d, record_input, methods, link, carry)
 
 
 def read_errors(fd: int) -> dict[str, int]:
