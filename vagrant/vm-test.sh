@@ -19,8 +19,8 @@ TIMEOUT=${XDPNN_VM_TIMEOUT:-2400}
 # through a new inner map, detach through BPF links, the shared
 # header against the compiler, serving replies (checksums: the helper
 # differs between kernels), an added model behind a tail call (maps shared
-# by pin), the flow table, models by port, tail-call stages, multi-bit
-# first layers, and the generators
+# by pin), the flow table, models by port, tail-call and CPUMAP stages,
+# multi-bit first layers, and the generators
 # (pktgen exists only here).  The host runs the whole suite.
 DEFAULT_ARGS="-q --durations=0 \
  'tests/test_golden.py::test_kernel_class_equals_reference[256-32-16-2-payload]' \
@@ -45,7 +45,8 @@ DEFAULT_ARGS="-q --durations=0 \
  'tests/test_stages.py::test_stages_bit_exact_at_every_boundary[0-1|1-2|2-3|3-4|4-5]' \
  'tests/test_stages.py::test_multibit_first_layer_in_a_stage[True]' \
  'tests/test_multibit.py::test_kernel_equals_reference[headers-shape1-signed-8]' \
- tests/test_multibit.py::test_attached_multibit_model_counts_each_class_and_swaps"
+ tests/test_multibit.py::test_attached_multibit_model_counts_each_class_and_swaps \
+ tests/test_cpumap_stages.py::test_cpumap_stages_real_frames"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
 
 case $ACCEL in auto|kvm|tcg) ;; *)
