@@ -189,7 +189,7 @@ def _without(key):
 
 for what, v in [("missing", None), ("other", "onnx"), ("int", 1), ("list", [FORMAT])]:
     header_case(f"format-{what}", "format", _without("format") if v is None else _set("format", v))
-for what, v in [("missing", None), ("bool", True), ("float", 1.0), ("string", "1"), ("2", 2),
+for what, v in [("missing", None), ("bool", True), ("float", 1.0), ("string", "1"), ("3", 3),
                 ("null", "null"), ("0", 0)]:
     header_case(f"version-{what}", "version",
                 _without("version") if v is None else _set("version", None if v == "null" else v))
@@ -279,7 +279,7 @@ for name, shape in SHAPES.items():
               lambda name=name: zip_of(members(**{name: dict(members())[f"{name}.npy"] + b"x"})))
 
 NOT_A_ZIP = "not an xdpnn model file"
-file_case("zip-bomb 3 GiB in 3 MB", f"more than {MAX_FILE_BYTES:,} bytes", lambda: bomb(3072))
+file_case("zip-bomb 3 GiB in 3 MB", "3,221,225,600 bytes uncompressed", lambda: bomb(3072))
 file_case("zip-bomb 1 GiB in 1 MB", "field 'header'", lambda: bomb(1024))
 file_case("zip-bomb with a forged small size", "field 'header'", lambda: bomb(1024, 200))
 file_case("zip-forged ratio", "more than deflate can compress", lambda: raw_zip(
