@@ -66,14 +66,7 @@ class LiveGen:
     def send(self, count: int, max_seconds: float = 30.0) -> Sent:
         """Sends `count` frames, or fewer if max_seconds runs out first (it
         may overrun by one call of RUN_FRAMES frames)."""
-        sent, started = 0, time.monotonic()
-        with netns(self.ns):
-            while sent < count and time.monotonic() - started < max_seconds:
-                n = min(RUN_FRAMES, count - sent)
-                bpf_sys.test_run(self.fd, self.frame, repeat=n,
-                                 flags=bpf_sys.BPF_F_TEST_XDP_LIVE_FRAMES)
-                sent += n
-        return Sent(sent, time.monotonic() - started)
+        return run_live(self.ns, self.fd, self.frame, count, max_seconds)
 
     def close(self) -> None:
         self.bpf.cleanup()
@@ -88,3 +81,15 @@ class LiveGen:
 def random_payloads(n_bytes: int, seed: int = 0, n: int = SLOTS) -> list[bytes]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, n_bytes, dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def run_live(ns: str, prog_fd: int, frame: bytes, count: int, max_seconds: float) -> Sent:
+    """Runs a live-frames program on frame `count` times in namespace ns, in
+    calls of RUN_FRAMES, stopping between calls once max_seconds are gone."""
+    sent, started = 0, time.monotonic()
+    with netns(ns):
+        while sent < count and time.monotonic() - started < max_seconds:
+            n = min(RUN_FRAMES, count - sent)
+            bpf_sys.test_run(prog_fd, frame, repeat=n, flags=bpf_sys.BPF_F_TEST_XDP_LIVE_FRAMES)
+            sent += n
+    return Sent(sent, time.monotonic() - started)

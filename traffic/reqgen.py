@@ -18,7 +18,6 @@ them.  No RTT: this is for rates; serve_load measures latency.
 from __future__ import annotations
 
 import os
-import time
 from importlib import resources
 
 from xdpnn.client import encode_request
@@ -26,7 +25,7 @@ from xdpnn.loader import bpf_sys
 from xdpnn.loader.compile import BPF_DIR, captured_stderr, import_bcc
 from xdpnn.loader.netns import ifindex, netns
 from xdpnn.traffic import packets
-from xdpnn.traffic.livegen import RUN_FRAMES, Sent
+from xdpnn.traffic.livegen import Sent, run_live
 
 SOURCE = resources.files("xdpnn.bpf") / "reqgen.c"
 SLOTS = 1024  # requests cycled through (a power of two: the programs mask)
@@ -80,20 +79,13 @@ class ReqGen:
         """Sends `count` requests as fast as the CPU can (the calling thread
         pinned to `cpu` meanwhile, if given), or fewer if max_seconds runs
         out first (it may overrun by one call of RUN_FRAMES)."""
-        sent, started = 0, time.monotonic()
         mask = os.sched_getaffinity(0)
         try:
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
-            with netns(self.ns):
-                while sent < count and time.monotonic() - started < max_seconds:
-                    n = min(RUN_FRAMES, count - sent)
-                    bpf_sys.test_run(self.gen, self.frame, repeat=n,
-                                     flags=bpf_sys.BPF_F_TEST_XDP_LIVE_FRAMES)
-                    sent += n
+            return run_live(self.ns, self.gen, self.frame, count, max_seconds)
         finally:
             os.sched_setaffinity(0, mask)
-        return Sent(sent, time.monotonic() - started)
 
     def counts(self) -> dict:
         """Replies counted since the start: ok (the reference's class),
