@@ -166,6 +166,21 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def run() -> None:
+    """The `xdpnn` program: main()'s code as the exit status.
+
+    After Ctrl-C, the exit is immediate (cleanup has run): CPython 3.11
+    remembers a KeyboardInterrupt that landed inside an exec() or eval() of
+    a string (namedtuple and dataclass definitions, imports) even when it
+    was caught, and would end the process by SIGINT instead of exit 130."""
+    code = main()
+    if code == errors.INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def report_error(json_wanted: bool, name: str, message: str, code: int) -> int:
     if name != "xdpnn" and not message.startswith(f"{name}:"):
         message = f"{name}: {message}"  # the command, "model add" for a subcommand
@@ -1334,4 +1349,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

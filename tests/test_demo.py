@@ -39,8 +39,11 @@ def test_demo_matches_the_reference_and_cleans_up():
 
 
 def test_demo_cleans_up_on_ctrl_c():
+    # Ctrl-C's default disposition in the child: a background job of a
+    # non-interactive shell (`cmd &` in a script) inherits SIGINT ignored.
     p = subprocess.Popen([sys.executable, "-m", "xdpnn.loader.cli", "demo", "--packets", "2000"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + HANG_GUARD_S
     line = ""
     # Interrupt while it attaches: the latest point that is never over
