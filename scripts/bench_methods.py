@@ -5,7 +5,8 @@ instruction counts of one shape built with different methods per layer.
     e.g. 784-256-256-10:hh 784-256-256-10:vv 784-256-256-10:auto
          --against /tmp/main/bpf 784-64-32-10:auto   (A/B against another bpf/)
 
-METHODS is one letter per hidden layer (h horizontal, v vertical) or `auto`
+METHODS is one letter per hidden layer (h horizontal, v vertical, w vertical
+in 32-bit lanes, at most 32 neurons) or `auto`
 (the codegen's choice).  Every build is loaded first; then each round times
 every build in turn (order reversed every other round) on the same 8 random
 requests, so builds are compared moments apart.  Prints medians (and min-max)

@@ -51,8 +51,8 @@ def test_transposed_word_holds_one_input_bit_of_64_neurons():
 
 
 def test_codegen_goes_vertical_where_groups_are_full_enough():
-    assert layout.choose_methods([256, 32, 16, 2]) == ("h", "h")
-    assert layout.choose_methods([784, 64, 32, 10]) == ("v", "h")
+    assert layout.choose_methods([256, 32, 16, 2]) == ("w", "h")
+    assert layout.choose_methods([784, 64, 32, 10]) == ("v", "w")
     assert layout.choose_methods([784, 256, 256, 10]) == ("v", "v")
     # The switch (from the cost model's per-word costs): 34 neurons in one
     # group, 67 in two (docs/benchmarks.md, "Cost model").
@@ -62,14 +62,21 @@ def test_codegen_goes_vertical_where_groups_are_full_enough():
     assert layout.choose_methods([64, 34, 2]) == ("v",)
     assert layout.choose_methods([64, 66, 2]) == ("h",)
     assert layout.choose_methods([64, 67, 2]) == ("v",)
-    # A half-padding last input word halves a vertical layer's words.
-    assert layout.choose_methods([64, 30, 20, 2]) == ("h", "v")
+    # 32-bit lanes (at most 32 neurons, 32 words per input word): from 25
+    # neurons.
+    assert 0.6 < ns["w_words"] / ns["h_words"] < 0.9
+    assert layout.choose_methods([64, 24, 2]) == ("h",)
+    assert layout.choose_methods([64, 25, 2]) == ("w",)
+    assert layout.choose_methods([64, 32, 2]) == ("w",)
+    # A half-padding last input word halves a vertical layer's words (not
+    # a vertical-32 one's).
+    assert layout.choose_methods([64, 30, 20, 2]) == ("w", "v")
     # test_golden.py's switch shapes sit at it: refit coefficients that
     # move it must move them too.
     assert layout.choose_methods([64, 33, 34, 2]) == ("h", "v")
     assert layout.choose_methods([64, 66, 67, 2]) == ("h", "v")
     m = random_model([784, 64, 32, 10])
-    assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=0" in layout.cflags(m)
+    assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=2" in layout.cflags(m)
     assert layout.model_words(m).size == layout.offsets(m.sizes)["MODEL_WORDS"]
 
 
