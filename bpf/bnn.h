@@ -116,10 +116,14 @@ static __always_inline __u32 bnn_output(const __u64 *m, const __u64 *in)
 	return cls;
 }
 
-/* NN_L<l>_METHOD, chosen per layer by loader/layout.py: 0 horizontal, 1 vertical. */
+/* NN_L<l>_METHOD, chosen per layer by loader/layout.py: 0 horizontal, 1 vertical,
+ * 2 vertical in 32-bit lanes (at most 32 neurons). */
 #define NN_HIDDEN_LAYER(l, in, out)                                                              \
 	do {                                                                                     \
-		if (NN_L##l##_METHOD)                                                            \
+		if (NN_L##l##_METHOD == 2)                                                       \
+			bnn_hidden_w(m, in, out, NN_L##l##_IN_WORDS, NN_L##l##_W, NN_L##l##_T,   \
+				     NN_L##l##_BITS);                                            \
+		else if (NN_L##l##_METHOD == 1)                                                  \
 			bnn_hidden_v(m, in, out, NN_L##l##_IN, NN_L##l##_IN_WORDS, NN_L##l##_OUT, \
 				     NN_L##l##_W, NN_L##l##_T, NN_L##l##_BITS);                    \
 		else                                                                             \

@@ -48,19 +48,34 @@ struct nn_vstate {
 	"%[" #a "] |= %[t]\n\t%[" #lo "] ^= %[" #b "]\n\t"
 #define NN_LD(r, slot) "%[" #r "] = *(u64 *)(%[st] + %[" #slot "])\n\t"
 #define NN_ST(slot, r) "*(u64 *)(%[st] + %[" #slot "]) = %[" #r "]\n\t"
-/* Each NN_V<n> adds the next n bits into the planes and leaves the carry
- * of weight n in the register its comment names. */
-#define NN_V4 /* -> s */                                                 \
-	NN_MIS(a, +0) NN_MIS(b, -8) NN_FA(c0, a, b) "%[s] = %[a]\n\t"     \
-	NN_MIS(a, -16) NN_MIS(b, -24) NN_FA(c0, a, b) NN_FA(c1, s, a)     \
+/* The 32-lane variant (bnn_hidden_w): lane j < 32 counts input bit p and
+ * lane 32 + j input bit p + 32 of the same neuron, so one mismatch word
+ * holds two input bits.  Its input word arrives with the low half XORed
+ * with the high half: the sign bit broadcast to all 64 lanes is bit p + 32,
+ * right for the high half, and XORing in the low half's broadcast of
+ * (bit p ^ bit p + 32) leaves bit p there; one instruction less than
+ * building the halves apart and joining them.  BPF inline assembly here
+ * cannot name an operand's 32-bit subregister (a 32-bit s>>= would make
+ * the low broadcast one shift), so it takes three 64-bit shifts. */
+#define NN_MIS2(d, off)                                                 \
+	"%[" #d "] = %[xs]\n\t%[" #d "] s>>= 63\n\t"                     \
+	"%[t] = %[xs]\n\t%[t] <<= 32\n\t%[t] s>>= 63\n\t%[t] >>= 32\n\t" \
+	"%[" #d "] ^= %[t]\n\t%[xs] <<= 1\n\t"                            \
+	"%[t] = *(u64 *)(%[w] " #off ")\n\t%[" #d "] ^= %[t]\n\t"
+/* Each NN_V<n> adds the next n mismatch words (made by M, NN_MIS or
+ * NN_MIS2) into the planes and leaves the carry of weight n in the
+ * register its comment names. */
+#define NN_V4(M) /* -> s */                                              \
+	M(a, +0) M(b, -8) NN_FA(c0, a, b) "%[s] = %[a]\n\t"               \
+	M(a, -16) M(b, -24) NN_FA(c0, a, b) NN_FA(c1, s, a)                 \
 	"%[w] += -32\n\t"
-#define NN_V8 /* -> b */ NN_V4 NN_ST(o4, s) NN_V4 NN_LD(b, o4) NN_FA(c2, b, s)
-#define NN_V16 /* -> a */                                                \
-	NN_V8 NN_ST(o8, b) NN_V8 NN_LD(a, o8) NN_LD(s, o3) NN_FA(s, a, b) NN_ST(o3, s)
-#define NN_V32 /* -> b */                                                \
-	NN_V16 NN_ST(o16, a) NN_V16 NN_LD(b, o16) NN_LD(s, o4c) NN_FA(s, b, a) NN_ST(o4c, s)
-#define NN_V64 /* -> a */                                                \
-	NN_V32 NN_ST(o32, b) NN_V32 NN_LD(a, o32) NN_LD(s, o5) NN_FA(s, a, b) NN_ST(o5, s)
+#define NN_V8(M) /* -> b */ NN_V4(M) NN_ST(o4, s) NN_V4(M) NN_LD(b, o4) NN_FA(c2, b, s)
+#define NN_V16(M) /* -> a */                                             \
+	NN_V8(M) NN_ST(o8, b) NN_V8(M) NN_LD(a, o8) NN_LD(s, o3) NN_FA(s, a, b) NN_ST(o3, s)
+#define NN_V32(M) /* -> b */                                             \
+	NN_V16(M) NN_ST(o16, a) NN_V16(M) NN_LD(b, o16) NN_LD(s, o4c) NN_FA(s, b, a) NN_ST(o4c, s)
+#define NN_V64(M) /* -> a */                                             \
+	NN_V32(M) NN_ST(o32, b) NN_V32(M) NN_LD(a, o32) NN_LD(s, o5) NN_FA(s, a, b) NN_ST(o5, s)
 
 /* Runs tree text over input word x (already shifted so its first bit is
  * the sign bit) and weight words ending at w_top; the carry goes to
@@ -127,12 +142,12 @@ static __always_inline void bnn_hidden_v(const __u64 *m, const __u64 *in, __u64 
 		__u64 c0 = 0, c1 = 0, c2 = 0, hi[NN_VBITS_MAX - 6] = {};
 #pragma clang loop unroll(disable)
 		for (int k = 0; k < full; k++) {
-			NN_VWORD(NN_V64, a, in[k], w + k * 64 + 63, c0, c1, c2, &st);
+			NN_VWORD(NN_V64(NN_MIS), a, in[k], w + k * 64 + 63, c0, c1, c2, &st);
 			ripple(&st, hi, st.carry, 6, bits);
 		}
 		if (half_tail) {
 			/* Bits 31..0: the lower half moved up to the sign bit. */
-			NN_VWORD(NN_V32, b, in[full] << 32, w + full * 64 + 31, c0, c1, c2, &st);
+			NN_VWORD(NN_V32(NN_MIS), b, in[full] << 32, w + full * 64 + 31, c0, c1, c2, &st);
 			ripple(&st, hi, st.carry, 5, bits);
 		}
 		/* count < U, from the low plane up: where the planes differ,
@@ -148,6 +163,47 @@ static __always_inline void bnn_hidden_v(const __u64 *m, const __u64 *in, __u64 
 		}
 		out[g] = lt;
 	}
+}
+
+/* A hidden layer of at most 32 neurons in 32-bit lanes (method "w"): per
+ * input word k, 32 transposed words (word k * 32 + q: lane NN_SHIFT(j) is
+ * neuron j's weight for bit q of the word, lane 32 + NN_SHIFT(j) its
+ * weight for bit q + 32), then `bits` planes of the limits as in
+ * bnn_hidden_v.  One adder tree of 32 mismatch words per input word (half
+ * the vertical method's) counts both halves; at the end the halves' counts
+ * are added by a bit-sliced ripple adder and compared with the limits.
+ * Counts of either half and their sum stay below 2^bits (each is at most
+ * n_in). */
+static __always_inline void bnn_hidden_w(const __u64 *m, const __u64 *in, __u64 *out,
+					 const int in_words, const int w_off, const int t_off,
+					 const int bits)
+{
+	const __u64 *w = m + w_off;
+	struct nn_vstate st = {};
+	__u64 c0 = 0, c1 = 0, c2 = 0, hi[NN_VBITS_MAX - 6] = {};
+	/* Bounded loop over input words, a body of about 600 instructions:
+	 * the verifier's count stays linear in the weights. */
+#pragma clang loop unroll(disable)
+	for (int k = 0; k < in_words; k++) {
+		__u64 x = in[k];
+		NN_VWORD(NN_V32(NN_MIS2), b, x ^ (x >> 32), w + k * 32 + 31, c0, c1, c2, &st);
+		ripple(&st, hi, st.carry, 5, bits);
+	}
+	/* Low half + high half, plane by plane (a ripple-carry adder in the
+	 * low 32 lanes), then count < U as in bnn_hidden_v: the limits'
+	 * upper 32 lanes are 0, so the result's are too. */
+	const __u64 *u = m + t_off;
+	const __u64 low[6] = {c0, c1, c2, st.c3, st.c4, st.c5};
+	__u64 lt = 0, carry = 0;
+#pragma unroll
+	for (int b = 0; b < bits; b++) {
+		__u64 plane = b < 6 ? low[b] : hi[b - 6];
+		__u64 l = plane & 0xffffffffULL, h = plane >> 32, lh = l ^ h;
+		__u64 sum = lh ^ carry;
+		carry = (l & h) | (carry & lh);
+		lt ^= (lt ^ u[b]) & (u[b] ^ sum);
+	}
+	out[0] = lt;
 }
 
 #endif

@@ -749,7 +749,7 @@ def cmd_model_show(args):
             "classes": m.classes, "provenance": m.provenance,
             "weight_bytes": layout.model_words(m).nbytes,
             "predicted": dict(p.as_dict(), measured_on=machine.get("cpu_model"))}
-    names = {"h": "horizontal", "v": "vertical", "out": "output"}
+    names = {"h": "horizontal", "v": "vertical", "w": "vertical-32", "out": "output"}
     lines = [f"{args.file}: {m.shape}, {m.mode} input{input_values(m)}" +
              (f" (port {m.input.get('port')})" if m.mode == "payload" else ""),
              f"  classes: {', '.join(m.classes)}",

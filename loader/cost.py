@@ -10,6 +10,8 @@ a cost per word, by method (loader/layout.py METHOD_IDS), where a word is
   64 * groups * in_words (a group pays for its padding lanes), 32 fewer
   per group where the last input word's upper half is all padding
   (layout.half_tail: that half is skipped);
+- vertical layer in 32-bit lanes ("w", at most 32 neurons): one
+  transposed word (two input bits of 32 lanes), 32 * in_words;
 - output layer ("out"): one weight word per class, classes * in_words,
   counted as horizontal words (the same popcount loop), plus a cost per
   class for the score and the argmax.
@@ -40,7 +42,7 @@ class LayerCost:
     layer: int          # 0 .. hidden layers; the last is the output layer
     n_in: int
     n_out: int
-    method: str         # "h", "v" or "out"
+    method: str         # "h", "v", "w" or "out"
     words: int          # units of work: weight words (see the module's doc)
     ns: float           # predicted ns per inference
     insns: float        # predicted instructions the verifier walks
@@ -82,6 +84,8 @@ def coefficients() -> dict:
 
 def layer_words(n_in: int, n_out: int, method: str) -> int:
     """Units of work of one layer (see the module's doc)."""
+    if method == "w":
+        return 32 * layout.words(n_in)
     if method == "v":
         return layout.groups(n_out) * (64 * layout.words(n_in) - 32 * layout.half_tail(n_in))
     return n_out * layout.words(n_in)  # "h" and "out"
@@ -92,7 +96,7 @@ def features(sizes: list[int], methods: tuple[str, ...]) -> dict[str, float]:
     regresses on, one name per coefficient."""
     f = {"fixed": 1.0,
          "h_layers": 0.0, "h_words": float(layer_words(sizes[-2], sizes[-1], "out")),
-         "v_layers": 0.0, "v_words": 0.0, "out_classes": float(sizes[-1])}
+         "v_layers": 0.0, "v_words": 0.0, "w_layers": 0.0, "w_words": 0.0, "out_classes": float(sizes[-1])}
     for n_in, n_out, m in zip(sizes, sizes[1:], methods):
         f[f"{m}_layers"] += 1
         f[f"{m}_words"] += layer_words(n_in, n_out, m)

@@ -31,8 +31,11 @@ def pack_rows(bits: np.ndarray) -> np.ndarray:
 
 # How a hidden layer counts mismatches (bpf/bnn.h, NN_L<l>_METHOD):
 # "h" horizontal, one neuron at a time, a SWAR popcount per weight word;
-# "v" vertical, 64 neurons at a time in bit-sliced counters.
-METHOD_IDS = {"h": 0, "v": 1}
+# "v" vertical, 64 neurons at a time in bit-sliced counters;
+# "w" vertical in 32-bit lanes, two input bits per lane pair (at most
+# W_MAX_OUT neurons).
+METHOD_IDS = {"h": 0, "v": 1, "w": 2}
+W_MAX_OUT = 32
 
 
 def horizontal(sizes: list[int]) -> tuple[str, ...]:
@@ -56,9 +59,11 @@ def choose_methods(sizes: list[int]) -> tuple[str, ...]:
     uncertain to decide by (docs/benchmarks.md)."""
     from xdpnn.loader import cost  # it builds on this module's sizes
     ns = cost.coefficients()["ns"]
-    return tuple("v" if ns["v_words"] * cost.layer_words(n_in, n_out, "v")
-                 < ns["h_words"] * cost.layer_words(n_in, n_out, "h") else "h"
-                 for n_in, n_out in zip(sizes, sizes[1:-1]))
+
+    def best(n_in, n_out):
+        fits = [m for m in METHOD_IDS if m != "w" or n_out <= W_MAX_OUT]
+        return min(fits, key=lambda m: ns[f"{m}_words"] * cost.layer_words(n_in, n_out, m))
+    return tuple(best(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:-1]))
 
 
 def check_methods(sizes: list[int], methods, multibit: bool = False) -> tuple[str, ...]:
@@ -68,6 +73,10 @@ def check_methods(sizes: list[int], methods, multibit: bool = False) -> tuple[st
     if len(methods) != len(sizes) - 2 or not set(methods) <= set(METHOD_IDS):
         raise ValueError(f"methods {methods!r}: one of {sorted(METHOD_IDS)} per hidden layer "
                          f"of {len(sizes) - 2}")
+    for l, m in enumerate(methods):
+        if m == "w" and sizes[l + 1] > W_MAX_OUT:
+            raise ValueError(f"methods {''.join(methods)!r}: layer {l} has {sizes[l + 1]} "
+                             f"neurons, method w takes at most {W_MAX_OUT}")
     if multibit and methods[0] != "h":
         methods = ("h",) + methods[1:]
     return methods
@@ -92,9 +101,11 @@ def offsets(sizes: list[int], methods=None, multibit: bool = False) -> dict[str,
     for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         last = l == len(sizes) - 2
         name = "OUT" if last else f"L{l}"
-        vertical = not last and methods[l] == "v"
+        method = "out" if last else methods[l]
+        vertical = method in ("v", "w")
         off[f"{name}_W"] = at
-        at += groups(n_out) * words(n_in) * 64 if vertical else n_out * words(n_in)
+        at += {"v": groups(n_out) * words(n_in) * 64,
+               "w": words(n_in) * 32}.get(method, n_out * words(n_in))
         if last:
             off["OUT_SCALE"], off["OUT_BIAS"] = at, at + n_out
             at += 2 * n_out
@@ -125,6 +136,16 @@ def transposed(w: np.ndarray) -> np.ndarray:
     return by_input[order].T.ravel()  # group by group
 
 
+def transposed_w(w: np.ndarray) -> np.ndarray:
+    """A "w" layer's weights (at most 32 neurons): per input word k, 32
+    words; word k * 32 + q holds transposed()'s word for physical bit q in
+    its lower 32 lanes and that of bit q + 32 in its upper 32 lanes
+    (bpf/vertical.h bnn_hidden_w)."""
+    assert w.shape[0] <= W_MAX_OUT
+    t = transposed(w).reshape(-1, 2, 32)  # (input words, halves, q); lanes in bits 0..31
+    return t[:, 0] | (t[:, 1] << np.uint64(32))
+
+
 def limits(t: np.ndarray, n_in: int) -> np.ndarray:
     """A vertical layer's limit planes, group by group.  Neuron j fires iff
     n - 2d >= T_j, i.e. d <= (n - T_j) / 2, i.e. d < U_j = floor((n - T_j)/2)
@@ -147,8 +168,9 @@ def model_words(model: Model, methods=None) -> np.ndarray:
         if l == 0 and multibit:
             parts += [pack_rows(w).ravel(), multibit_limits(model).view("<u8")]
             continue
-        if l < len(model.thresholds) and methods[l] == "v":
-            parts += [transposed(w), limits(model.thresholds[l], model.sizes[l])]
+        if l < len(model.thresholds) and methods[l] in ("v", "w"):
+            parts += [(transposed if methods[l] == "v" else transposed_w)(w).ravel(),
+                      limits(model.thresholds[l], model.sizes[l])]
             continue
         parts.append(pack_rows(w).ravel())
         if l < len(model.thresholds):

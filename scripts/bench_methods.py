@@ -5,7 +5,8 @@ instruction counts of one shape built with different methods per layer.
     e.g. 784-256-256-10:hh 784-256-256-10:vv 784-256-256-10:auto
          --against /tmp/main/bpf 784-64-32-10:auto   (A/B against another bpf/)
 
-METHODS is one letter per hidden layer (h horizontal, v vertical) or `auto`
+METHODS is one letter per hidden layer (h horizontal, v vertical, w vertical
+in 32-bit lanes, at most 32 neurons) or `auto`
 (the codegen's choice).  Every build is loaded first; then each round times
 every build in turn (order reversed every other round) on the same 8 random
 requests, so builds are compared moments apart.  Prints medians (and min-max)
@@ -14,7 +15,10 @@ over rounds of the mean of 8 test runs of `repeat` each.
 --against DIR also builds every spec from DIR's xdpnn.c and headers (another
 checkout's bpf/, e.g. `git archive main bpf | tar -x -C /tmp/main`), with
 this checkout's loader and weight layout, so both must agree on the layout;
-those rows are marked `@DIR` and timed in the same rounds.
+those rows are marked `@DIR` and timed in the same rounds.  A spec ending
+in `@here` is built from this checkout only: a method the other checkout
+does not have (e.g. 256-32-16-2:hh 256-32-16-2:wh@here against a checkout
+without w).
 """
 import argparse
 import contextlib
@@ -55,10 +59,11 @@ def main():
     progs, frames = {}, {}
     try:
         for spec in args.builds:
-            shape, methods = spec.split(":")
+            here_only = spec.endswith("@here")
+            shape, methods = spec.removesuffix("@here").split(":")
             model = random_model([int(n) for n in shape.split("-")], seed=3)
             bits = np.random.default_rng(0).integers(0, 2, (8, model.sizes[0]), dtype=np.uint8)
-            for bpf_dir in [None] + ([args.against] if args.against else []):
+            for bpf_dir in [None] + ([args.against] if args.against and not here_only else []):
                 key = spec if bpf_dir is None else f"{spec} @{bpf_dir}"
                 with sources(bpf_dir):
                     progs[key] = compile.build(model,

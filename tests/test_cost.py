@@ -41,6 +41,7 @@ def test_words_per_method():
     assert cost.layer_words(800, 64, "v") == 64 * 13 - 32  # 12 words and 32 bits: half
     assert cost.layer_words(820, 64, "v") == 64 * 13  # 12 words and 52 bits: a whole word
     assert cost.layer_words(256, 10, "out") == 40
+    assert cost.layer_words(784, 32, "w") == 32 * 13  # two input bits a word, no half tail
 
 
 def test_more_weights_cost_more_and_forced_methods_are_predicted():
@@ -60,11 +61,11 @@ def test_model_show_prints_the_prediction(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[4].startswith(f"  predicted cost: {p.ns:.0f} ns per inference")
     assert lines[6:] == [f"    layer 0 784-64 vertical: {p.layers[0].ns:.0f} ns (800 words)",
-                         f"    layer 1 64-32 horizontal: {p.layers[1].ns:.0f} ns (32 words)",
+                         f"    layer 1 64-32 vertical-32: {p.layers[1].ns:.0f} ns (32 words)",
                          f"    layer 2 32-10 output: {p.layers[2].ns:.0f} ns (10 words)"]
     info = json.loads(xdpnn("-j", "model", "show", path).stdout)["predicted"]
-    assert info["methods"] == "vh" and info["ns"] == round(p.ns)
-    assert [layer["method"] for layer in info["layers"]] == ["v", "h", "out"]
+    assert info["methods"] == "vw" and info["ns"] == round(p.ns)
+    assert [layer["method"] for layer in info["layers"]] == ["v", "w", "out"]
 
 
 @pytest.mark.root

@@ -35,6 +35,7 @@ GOLDEN = [
     ([256, 64, 64], "payload", 3000),            # 64 classes
     ([64, 33, 34, 2], "payload", 3000),          # the codegen switches method (layout.py):
     ([64, 66, 67, 2], "payload", 3000),          # horizontal, then vertical (test_methods.py)
+    ([64, 25, 2], "payload", 3000),              # the fewest neurons that go vertical-32
     ([1024, 512, 512, 10], "payload", 3000),
     ([1024, 512, 512, 512, 512, 64], "payload", 3000),  # every limit at once
     ([256, 32, 16, 4], "headers", 3000),

@@ -1,4 +1,5 @@
-"""The hidden-layer methods of bpf/bnn.h (horizontal and vertical, see
+"""The hidden-layer methods of bpf/bnn.h (horizontal, vertical and vertical
+in 32-bit lanes, see
 docs/datapath.md) forced layer by layer: each must give the reference's class
 on every input, whatever the codegen would have chosen.
 
@@ -50,8 +51,8 @@ def test_transposed_word_holds_one_input_bit_of_64_neurons():
 
 
 def test_codegen_goes_vertical_where_groups_are_full_enough():
-    assert layout.choose_methods([256, 32, 16, 2]) == ("h", "h")
-    assert layout.choose_methods([784, 64, 32, 10]) == ("v", "h")
+    assert layout.choose_methods([256, 32, 16, 2]) == ("w", "h")
+    assert layout.choose_methods([784, 64, 32, 10]) == ("v", "w")
     assert layout.choose_methods([784, 256, 256, 10]) == ("v", "v")
     # The switch (from the cost model's per-word costs): 34 neurons in one
     # group, 67 in two (docs/benchmarks.md, "Cost model").
@@ -61,15 +62,35 @@ def test_codegen_goes_vertical_where_groups_are_full_enough():
     assert layout.choose_methods([64, 34, 2]) == ("v",)
     assert layout.choose_methods([64, 66, 2]) == ("h",)
     assert layout.choose_methods([64, 67, 2]) == ("v",)
-    # A half-padding last input word halves a vertical layer's words.
-    assert layout.choose_methods([64, 30, 20, 2]) == ("h", "v")
+    # 32-bit lanes (at most 32 neurons, 32 words per input word): from 25
+    # neurons.
+    assert 0.6 < ns["w_words"] / ns["h_words"] < 0.9
+    assert layout.choose_methods([64, 24, 2]) == ("h",)
+    assert layout.choose_methods([64, 25, 2]) == ("w",)
+    assert layout.choose_methods([64, 32, 2]) == ("w",)
+    # A half-padding last input word halves a vertical layer's words (not
+    # a vertical-32 one's).
+    assert layout.choose_methods([64, 30, 20, 2]) == ("w", "v")
     # test_golden.py's switch shapes sit at it: refit coefficients that
     # move it must move them too.
     assert layout.choose_methods([64, 33, 34, 2]) == ("h", "v")
     assert layout.choose_methods([64, 66, 67, 2]) == ("h", "v")
     m = random_model([784, 64, 32, 10])
-    assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=0" in layout.cflags(m)
+    assert "-DNN_L0_METHOD=1" in layout.cflags(m) and "-DNN_L1_METHOD=2" in layout.cflags(m)
     assert layout.model_words(m).size == layout.offsets(m.sizes)["MODEL_WORDS"]
+
+
+def test_w_word_holds_input_bits_q_and_q_plus_32_of_32_neurons():
+    m = random_model([100, 30, 3], seed=4)
+    w = m.weights[0]
+    words = layout.transposed_w(w).reshape(2, 32)  # 2 input words of 32 bit pairs
+    for j in (0, 5, 17, 29):
+        lane = (j & 0x38) | (7 - (j & 7))
+        for i in (0, 1, 8, 31, 32, 40, 63, 64, 95, 99):
+            p = (i % 64 & 0x38) | (7 - (i % 64 & 7))  # input i's position in its word
+            got = int(words[i // 64, p % 32]) >> (lane + 32 * (p >= 32)) & 1
+            assert got == w[j, i]
+    assert layout.model_words(m, ("w",)).size == layout.offsets(m.sizes, ("w",))["MODEL_WORDS"]
 
 
 def test_methods_are_checked():
@@ -77,6 +98,8 @@ def test_methods_are_checked():
         layout.cflags(random_model([64, 8, 2]), methods=("v", "v"))
     with pytest.raises(ValueError):
         layout.offsets([64, 8, 2], methods=("x",))
+    with pytest.raises(ValueError, match="layer 1 has 33 neurons, method w takes at most 32"):
+        layout.cflags(random_model([64, 8, 33, 2]), methods=("w", "w"))
 
 
 FORCED = [
@@ -94,6 +117,17 @@ FORCED = [
     ([300, 128, 64, 32, 16, 8], "hvhv", 3000),
     ([1024, 512, 512, 10], "vv", 3000),
     ([1024, 512, 512, 512, 512, 64], "vvvv", 2000),  # every limit at once
+    # 32-bit lanes ("w", at most 32 neurons)
+    ([256, 32, 16, 2], "wh", 3000),
+    ([256, 32, 16, 2], "ww", 3000),
+    ([784, 64, 32, 10], "vw", 3000),
+    ([100, 16, 4], "w", 3000),                      # inputs not a multiple of 64
+    ([64, 1, 2], "w", 3000),                        # one hidden neuron
+    ([1, 1, 2], "w", 200),                          # one input bit
+    ([96, 31, 2], "w", 3000),                       # half a word of padding
+    ([777, 17, 29, 5], "ww", 3000),                 # odd sizes
+    ([1024, 32, 2], "w", 3000),                     # counts up to 1024
+    ([200, 64, 32, 16, 6], "vww", 3000),
 ]
 
 
@@ -123,9 +157,13 @@ def extreme(sizes, seed):
     return m.validate()
 
 
+EXTREME = [([64, 70, 9, 4], "hh"), ([64, 70, 9, 4], "vv"), ([5, 66, 3, 3], "hh"),
+           ([5, 66, 3, 3], "vv"), ([64, 32, 9, 4], "ww"), ([5, 30, 3, 3], "ww")]
+
+
 @pytest.mark.root
-@pytest.mark.parametrize("methods", ["hh", "vv"])
-@pytest.mark.parametrize("sizes", [[64, 70, 9, 4], [5, 66, 3, 3]], ids=["64-70-9-4", "5-66-3-3"])
+@pytest.mark.parametrize("sizes,methods", EXTREME,
+                         ids=[f"{'-'.join(map(str, s))}-{m}" for s, m in EXTREME])
 def test_extreme_thresholds_equal_reference(sizes, methods):
     res = testrun.verify(extreme(sizes, seed=sizes[1]), 3000, seed=3, methods=tuple(methods))
     assert res["mismatches"] == 0, res["examples"]
@@ -141,15 +179,22 @@ def one_neuron_probe(n_in: int, t: int, seed: int):
     return m.validate()
 
 
+EXTREME_COUNTS = [("h", n) for n in (64, 130, 192, 256, 320, 1024)] + \
+    [("w", n) for n in (33, 64, 130, 1024)]
+
+
 @pytest.mark.root
-@pytest.mark.parametrize("n_in", [64, 130, 192, 256, 320, 1024])
-def test_horizontal_popcount_exact_at_extreme_counts(n_in):
+@pytest.mark.parametrize("method,n_in", EXTREME_COUNTS,
+                         ids=[f"{m}-{n}" for m, n in EXTREME_COUNTS])
+def test_popcount_exact_at_extreme_counts(method, n_in):
     """The horizontal popcount adds partial counts of word pairs and
     reduces them once, in bytes up to 3 words a row and in 16-bit lanes
     from 4 (bpf/bnn.h xor_popcount): mismatch counts 0, 1, n - 1 and n (all
     bits) at row widths of 1 word, odd words, 3 words, 4 words (256: one
     more than a byte holds), 5 and 16, each read back exactly through a
-    threshold at every one of those counts."""
+    threshold at every one of those counts.  Method w (32-bit lanes) adds
+    its two halves' counts at the end: the same counts, up to 1024, read
+    back through the sum."""
     from xdpnn.loader import compile
     from xdpnn.traffic import packets
 
@@ -161,14 +206,14 @@ def test_horizontal_popcount_exact_at_extreme_counts(n_in):
         x = w.copy()
         x[rng.choice(n_in, d, replace=False)] ^= 1  # d mismatches exactly
         inputs[d] = x
-    prog = compile.build(model, methods=("h",))
+    prog = compile.build(model, methods=(method,))
     try:
         runner = testrun.Runner(prog, model.input["port"])
         frames = {d: packets.request(reference.bytes_from_bits(x), model.input["port"])
                   for d, x in inputs.items()}
         for d_t in (0, 1, n_in - 1, n_in):
             probe = one_neuron_probe(n_in, n_in - 2 * d_t, seed=n_in)  # fires iff d <= d_t
-            compile.write_model(prog.maps["nn_model"], probe, methods=("h",))
+            compile.write_model(prog.maps["nn_model"], probe, methods=(method,))
             for d, frame in frames.items():
                 want = int(reference.predict(probe, inputs[d][None, :])[0])
                 assert want == (0 if d <= d_t else 1)
