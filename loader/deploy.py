@@ -65,16 +65,18 @@ def deploy(plan_path: str, model_path: str | None = None, actions=()) -> dict:
 
 def _undo(done: list[dict]) -> str:
     """Detaches the stages attached so far, last first; what could not be."""
-    failed = []
+    failed, undone = [], []
     for t in reversed(done):
         try:
             datapath.detach(t["iface"], t["netns"])
+            undone.append(f"{_name(t)}at {where(t)}".strip())
         except XdpnnError as e:
             failed.append(f"{_name(t)}at {where(t)}: {e}")
     done.clear()
+    text = f" (detached again: {', '.join(undone)})" if undone else ""
     if failed:
-        return "; and could not detach " + "; ".join(failed)
-    return ""
+        text += "; could not detach " + "; ".join(failed)
+    return text
 
 
 def undeploy(plan_path: str) -> dict:
