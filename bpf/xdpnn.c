@@ -368,6 +368,12 @@ int xdpnn(struct xdp_md *ctx)
 #else
 	int refused = got ? stage_read(got, s->a) : NN_STAGE_BAD_DIGEST;
 #endif
+#if NN_STAGE_HOP
+	/* A hop has counters of its own: every frame gets an input result, as
+	 * at stage 0 (the reason of a refusal is in nn_stage_err). */
+	c->input[refused < 0 ? NN_IN_CLASSIFIED :
+		 refused == NN_STAGE_TRUNCATED ? NN_IN_TRUNCATED : NN_IN_MALFORMED]++;
+#endif
 	if (refused >= 0) {
 		stage_count(refused);
 		return verdict(c, XDP_DROP);

@@ -370,8 +370,11 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append(f"  model {k} ({m['shape']}) classes: {classes}; verdict: {verdicts}")
     if "stages" in s:
         st = s["stages"]
-        lines.append(f"  stages: {' | '.join(f'layers {a}..{b - 1}' for a, b in st['layers'])}; "
-                     "refused: " + ", ".join(f"{k} {v}" for k, v in st["errors"].items()))
+        shown = " | ".join(f"layers {a}..{b - 1}" for a, b in st["layers"])
+        if "stage" in st:  # a hop: this stage only
+            a, b = st["layers"][st["stage"]]
+            shown = f"hop stage {st['stage']} of {len(st['layers'])}, layers {a}..{b - 1}"
+        lines.append(f"  stages: {shown}; refused: " + ", ".join(f"{k} {v}" for k, v in st["errors"].items()))
     return "\n".join(lines)
 
 

@@ -162,7 +162,9 @@ def test_chain_of_hops_reference_classes(lfc_chain):
     # gives the class and forwards to its peer (count: the default path).
     assert [v["redirect"] for v in verdicts] == [n, n, n]
     assert all(sum(v.values()) == n for v in verdicts)
-    assert end[0]["input"]["classified"] - start[0]["input"]["classified"] == n
+    for s, e in zip(start, end):  # each hop took every frame, and only those
+        assert e["input"]["classified"] - s["input"]["classified"] == n
+        assert sum(e["input"].values()) - sum(s["input"].values()) == n
     for e in end:
         assert e["stages"]["errors"] == {k: 0 for k in stages.ERRORS}
     assert [e["stages"]["stage"] for e in end] == [0, 1, 2]
@@ -203,6 +205,8 @@ def test_hop_refusals_on_the_wire(lfc_chain):
                     for k in stages.ERRORS}
             assert errs == {**{k: 0 for k in stages.ERRORS}, reason: 3}, reason
             assert after["verdict"]["drop"] - before["verdict"]["drop"] == 3, reason
+            result = "truncated" if reason == "truncated" else "malformed"
+            assert after["input"][result] - before["input"][result] == 3, reason
         before = [hop_stats(ns, i) for ns, i in zip(t.hops[1:], ("b0", "c0"))]
         assert send_frames(t.hops[0], "a1", [plain] * 5) == 5
         got = cap.collect(5, max_seconds=3.0)
