@@ -672,7 +672,7 @@ def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_
   xdpnn plan --model lfc.npz --stages 3
   xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json
   sudo xdpnn plan --model lfc.npz --stages 4 --measure -j      layer costs from test runs
-  xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json \
+  xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json \\
       --hop hop0:a0:a1 --hop hop1:b0:b1 --hop hop2:c0:c1       a hop per stage (then deploy)
   xdpnn plan --model m.npz --stages 2 --at :veth0 --cpus 1 --out p.json
                                                      one interface, stage 1 on CPU 1""",

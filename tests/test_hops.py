@@ -236,7 +236,8 @@ def test_undeploy_round_trip(lfc_chain):
 def test_deploy_failing_on_the_last_stage_leaves_nothing(tmp_path):
     """A plan whose last hop names a missing interface: stages 0 and 1
     attach, stage 2 fails; deploy detaches them again, says which stage
-    failed where and why in one line, exit 5, no pin left."""
+    failed where and why in one line, exit 5, no pin left.  Then a plan
+    placed on one interface (tail calls), and undeploy beside it."""
     m = random_model(SMALL, seed=3)
     m.save(tmp_path / "s.npz")
     with chain_topology() as t:
@@ -251,6 +252,22 @@ def test_deploy_failing_on_the_last_stage_leaves_nothing(tmp_path):
             assert not any(xdp_on(ns, dev) for dev in devs)
         r = cli.xdpnn("-j", "undeploy", tmp_path / "p.json", check=True)
         assert len(json.loads(r.stdout)["not_attached"]) == 3
+        # All stages on hop 0's a0 by tail calls (`plan --at`): deployed as
+        # one attach.  Undeploying the hops plan leaves it alone (it is not
+        # that plan's stage 0), and its own undeploy removes it.
+        cli.xdpnn("plan", "--model", tmp_path / "s.npz", "--stages", "2", "--out",
+                  tmp_path / "at.json", "--at", f"{t.hops[0]}:a0:a1", check=True)
+        r = json.loads(cli.xdpnn("-j", "deploy", tmp_path / "at.json", check=True).stdout)
+        assert r["chain"] == "tailcalls" and [a["stage"] for a in r["attached"]] == [None]
+        rec = json.loads(cli.xdpnn("-n", t.hops[0], "-j", "status", check=True).stdout)
+        (mine,) = [x for x in rec if x.get("netns") == t.hops[0]]
+        assert len(mine["stages"]) == 2 and "stage" not in mine
+        r = json.loads(cli.xdpnn("-j", "undeploy", tmp_path / "p.json", check=True).stdout)
+        assert r["detached"] == [] and len(r["not_attached"]) == 2
+        assert r["other"] == [f"stage 0 at {places[0]}: a whole model of {m.shape} is "
+                              "attached there, not this plan's: left alone"]
+        r = json.loads(cli.xdpnn("-j", "undeploy", tmp_path / "at.json", check=True).stdout)
+        assert r["detached"] == [f"at {t.hops[0]}:a0:a1"] and our_pins(t) == []
 
 
 def test_placement_refusals(tmp_path):
