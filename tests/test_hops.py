@@ -171,6 +171,42 @@ def test_chain_of_hops_reference_classes(lfc_chain):
 
 
 @pytest.mark.netns
+def test_on_wire_format_through_the_pinned_hops(lfc_chain):
+    """Each attached hop's program (through its pin) run on the frame the
+    hop before it gave: the outer Ethernet header (the request's addresses,
+    EtherType 0x88B5), the stage header and words of the docs, then the
+    request byte for byte; the last hop gives back the request and the
+    reference's class, on 500 requests."""
+    from xdpnn.loader import bpf_sys, compile
+    t, m = lfc_chain, lfc_chain.model
+    fds = [bpf_sys.get_pinned(f"{datapath.pin_dir(i, ns)}/{name}")
+           for ns, i in zip(t.hops, ("a0", "b0", "c0")) for name in ("prog", "nn_counters")]
+    progs, counters = fds[0::2], fds[1::2]
+    try:
+        bits = np.random.default_rng(8).integers(0, 2, (500, m.sizes[0]), dtype=np.uint8)
+        want = reference.predict(m, bits)
+        d = stages.digest(m)
+        for i, b in enumerate(bits):
+            req = packets.request(reference.bytes_from_bits(b), DEFAULT_PORT)
+            frame = req
+            for s in (0, 1):
+                verdict, _, frame = bpf_sys.test_run(progs[s], frame)
+                nxt = t.plan["stages"][s]["layers"][1]
+                grown = stages.carried(m.sizes[nxt], hop=True)
+                assert len(frame) == len(req) + grown == len(req) + 14 + 16 + 128
+                assert frame[:12] == req[:12] and frame[12:14] == b"\x88\xb5"
+                assert frame[14:30] == struct.pack("<QII", d, nxt, m.sizes[nxt])
+                assert frame[grown:] == req
+            before = compile.read_counters(counters[2])["class_packets"].copy()
+            verdict, _, out = bpf_sys.test_run(progs[2], frame)
+            got = compile.read_counters(counters[2])["class_packets"] - before
+            assert out == req and got.sum() == 1 and int(np.argmax(got)) == want[i], i
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.netns
 def test_hop_refusals_on_the_wire(lfc_chain):
     """Frames sent into hop 1 (out of a1): another digest, another layer,
     another count, a header longer than the frame: dropped, each counted;
