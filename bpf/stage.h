@@ -19,7 +19,15 @@
 #if !defined(NN_STAGE_FIRST) || !defined(NN_STAGE_END) || !defined(NN_STAGE_DIGEST)
 #error "stage flags missing: the loader passes them (loader/stages.py)"
 #endif
-#if NN_STAGE > 0 && !defined(NN_PIN_DIR)
+/* Hop chaining (NN_STAGE_HOP=1, docs/partitioning.md "Hop chaining"): each
+ * stage is attached on an interface of its own and owns its maps; a stage
+ * that hands on puts an outer Ethernet header (the frame's own addresses,
+ * EtherType NN_STAGE_ETHERTYPE) in front of the carried activations and
+ * sends the frame out of its peer, to the next hop. */
+#ifndef NN_STAGE_HOP
+#define NN_STAGE_HOP 0
+#endif
+#if NN_STAGE > 0 && !NN_STAGE_HOP && !defined(NN_PIN_DIR)
 #error "a later stage opens the first stage's maps: NN_PIN_DIR missing"
 #endif
 #if defined(NN_SERVE) || NN_INPUT_MODE == NN_INPUT_FLOW
@@ -44,6 +52,15 @@ _Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stag
 #endif
 #if NN_STAGE_NEXT_CPU >= 0 && !NN_STAGE_CARRY
 #error "a CPUMAP chain carries the activations in the packet: NN_STAGE_CARRY=1"
+#endif
+#if NN_STAGE_HOP && (!NN_STAGE_CARRY || NN_STAGE_NEXT_CPU >= 0)
+#error "a hop carries the activations in the packet, to a peer, not a CPU"
+#endif
+/* Bytes in front of the stage header: the outer Ethernet header on a hop. */
+#if NN_STAGE_HOP
+#define NN_STAGE_FRONT NN_STAGE_OUTER
+#else
+#define NN_STAGE_FRONT 0
 #endif
 
 /* Input counts, in bits, of this stage's first layer and of the next's. */
@@ -87,21 +104,36 @@ static __always_inline int stage_read(const struct nn_stage_act *act, __u64 *x)
 	return -1;
 }
 
+#if NN_STAGE_HOP
+/* A frame of the hops' EtherType: a carrying frame (else not one for us). */
+static __always_inline int stage_hop_frame(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	struct ethhdr *eth = data;
+	if (data + sizeof(*eth) > (void *)(long)ctx->data_end)
+		return 0;
+	return eth->h_proto == bpf_htons(NN_STAGE_ETHERTYPE);
+}
+#endif
+
 #if NN_STAGE_CARRY && NN_STAGE > 0
-/* The activations at the front of the frame into act (a per-CPU buffer),
- * then cut off; a reason to refuse them, else -1. */
+/* The activations at the front of the frame (after the outer Ethernet
+ * header on a hop) into act (a per-CPU buffer), then cut off with that
+ * header; a reason to refuse them, else -1. */
 static __always_inline int stage_take(struct xdp_md *ctx, struct nn_stage_act *act)
 {
 	__u32 len = ctx->data_end - ctx->data;
-	if (len < NN_STAGE_HEADER + 14 || bpf_xdp_load_bytes(ctx, 0, act, NN_STAGE_HEADER))
+	if (len < NN_STAGE_FRONT + NN_STAGE_HEADER + 14 ||
+	    bpf_xdp_load_bytes(ctx, NN_STAGE_FRONT, act, NN_STAGE_HEADER))
 		return NN_STAGE_TRUNCATED;
 	int refused = stage_check(act);
 	if (refused >= 0)
 		return refused;
 	/* bits is this layer's: the words' length is the one compiled in. */
-	__u32 carried = NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_IN_BITS);
+	__u32 carried = NN_STAGE_FRONT + NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_IN_BITS);
 	if (len < carried + 14 ||
-	    bpf_xdp_load_bytes(ctx, NN_STAGE_HEADER, act->w, NN_STAGE_BYTES(NN_STAGE_IN_BITS)))
+	    bpf_xdp_load_bytes(ctx, NN_STAGE_FRONT + NN_STAGE_HEADER, act->w,
+			       NN_STAGE_BYTES(NN_STAGE_IN_BITS)))
 		return NN_STAGE_TRUNCATED;
 	if (bpf_xdp_adjust_head(ctx, carried))
 		return NN_STAGE_TRUNCATED; /* cannot happen: the frame keeps its 14 bytes */
@@ -123,11 +155,23 @@ static __always_inline void stage_write(struct nn_stage_act *act, const __u64 *x
 /* Puts act's header and words in front of the frame; a reason it could not, else -1. */
 static __always_inline int stage_put(struct xdp_md *ctx, const struct nn_stage_act *act)
 {
-	__u32 carried = NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_OUT_BITS);
+	__u32 words = NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_OUT_BITS);
+	__u32 carried = NN_STAGE_FRONT + words;
 	if (bpf_xdp_adjust_head(ctx, -(int)carried))
 		return NN_STAGE_NO_ROOM;
 	/* struct nn_stage_act is the header, then the words: one copy. */
-	if (bpf_xdp_store_bytes(ctx, 0, (void *)act, carried)) {
+	int err = bpf_xdp_store_bytes(ctx, NN_STAGE_FRONT, (void *)act, words);
+#if NN_STAGE_HOP
+	/* On the wire a proper Ethernet frame: the frame's own destination and
+	 * source (it has its 14 bytes: stage 0 parsed them, later hops checked
+	 * them), then the hops' EtherType. */
+	__u8 addrs[12];
+	__be16 type = bpf_htons(NN_STAGE_ETHERTYPE);
+	err = err ?: bpf_xdp_load_bytes(ctx, carried, addrs, sizeof(addrs));
+	err = err ?: bpf_xdp_store_bytes(ctx, 0, addrs, sizeof(addrs));
+	err = err ?: bpf_xdp_store_bytes(ctx, 12, &type, sizeof(type));
+#endif
+	if (err) {
 		bpf_xdp_adjust_head(ctx, carried);
 		return NN_STAGE_NO_ROOM; /* cannot happen: the room was just made */
 	}

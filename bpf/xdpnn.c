@@ -53,8 +53,14 @@ _Static_assert(NN_MODEL_ID >= 0 && NN_MODEL_ID < NN_SRV_MODELS, "a model id inde
 #include "flow.h"
 #endif
 #if defined(NN_STAGE) && NN_STAGE > 0
-#define NN_LATER_STAGE 1 /* opens the first stage's maps (stage.h) */
+#define NN_STAGE_TAKES 1 /* takes activations from the stage before */
+#if defined(NN_STAGE_HOP) && NN_STAGE_HOP
+#define NN_LATER_STAGE 0 /* a hop: attached alone, with maps of its own */
 #else
+#define NN_LATER_STAGE 1 /* opens the first stage's maps (stage.h) */
+#endif
+#else
+#define NN_STAGE_TAKES 0
 #define NN_LATER_STAGE 0
 #endif
 #ifdef NN_SERVE
@@ -113,7 +119,7 @@ NN_SHARED("percpu_array", __u64, nn_stage_err, NN_STAGE__COUNT);
 /* The next stage's program as the entry of its CPU (struct bpf_cpumap_val:
  * queue size, program fd); filled by the loader. */
 BPF_XDP_REDIRECT_MAP("cpumap", __u64, nn_cpus, NN_STAGE_CPU_SLOTS);
-#elif !NN_STAGE_LAST
+#elif !NN_STAGE_LAST && !NN_STAGE_HOP
 /* The next stage's program, in slot 0; filled by the loader. */
 NN_PROG_ARRAY(nn_next, 1);
 #endif
@@ -280,7 +286,15 @@ static __always_inline int stage_run(struct xdp_md *ctx, const struct nn_config 
 		return verdict(c, forward(ctx, cfg));
 	}
 #endif
-#if NN_STAGE_NEXT_CPU >= 0
+#if NN_STAGE_HOP
+	/* Out of the peer, to the next hop: counted here as redirected (each
+	 * hop has counters of its own); a frame that carries activations has
+	 * no default path. */
+	int v = nn_tx_port.redirect_map(1, XDP_DROP);
+	if (v != XDP_REDIRECT)
+		stage_count(NN_STAGE_NO_NEXT);
+	return verdict(c, v);
+#elif NN_STAGE_NEXT_CPU >= 0
 	/* The verdict is the last stage's to count; a frame that carries
 	 * activations has no default path. */
 	int v = nn_cpus.redirect_map(NN_STAGE_NEXT_CPU, XDP_DROP);
@@ -317,7 +331,13 @@ int xdpnn(struct xdp_md *ctx)
 #ifdef NN_FORWARD_ONLY
 	return verdict(c, forward(ctx, cfg));
 #endif
-#if NN_MODEL_ID == 0 && !defined(NN_SERVE) && !NN_LATER_STAGE
+#if defined(NN_STAGE) && NN_STAGE_HOP
+	/* A chain of hops runs from IFACE to the peer: frames the other way
+	 * (replies) take the default path, back towards IFACE, untouched. */
+	if (side == 1)
+		return verdict(c, forward(ctx, cfg));
+#endif
+#if NN_MODEL_ID == 0 && !defined(NN_SERVE) && !NN_STAGE_TAKES
 	if (cfg->port_models) {
 		/* A packet to a port with a model of its own goes to that
 		 * model's program; an empty slot returns here, and the attached
@@ -328,7 +348,15 @@ int xdpnn(struct xdp_md *ctx)
 			nn_progs.call(ctx, *id); /* BCC: bpf_tail_call() */
 	}
 #endif
-#if NN_LATER_STAGE
+#if NN_STAGE_TAKES
+#if NN_STAGE_HOP
+	/* Only frames of the hops' EtherType carry activations; the others
+	 * are not this chain's: counted as "other", default path. */
+	if (!stage_hop_frame(ctx)) {
+		c->input[NN_IN_OTHER]++;
+		return verdict(c, forward(ctx, cfg));
+	}
+#endif
 	/* Activations from the stage before, or a reason to refuse them. */
 	__u32 slot = NN_STAGE % NN_STAGE_SLOTS;
 	struct nn_stage_act *got = nn_stage.lookup(&slot);
@@ -339,6 +367,12 @@ int xdpnn(struct xdp_md *ctx)
 		refused = stage_read(got, s->a);
 #else
 	int refused = got ? stage_read(got, s->a) : NN_STAGE_BAD_DIGEST;
+#endif
+#if NN_STAGE_HOP
+	/* A hop has counters of its own: every frame gets an input result, as
+	 * at stage 0 (the reason of a refusal is in nn_stage_err). */
+	c->input[refused < 0 ? NN_IN_CLASSIFIED :
+		 refused == NN_STAGE_TRUNCATED ? NN_IN_TRUNCATED : NN_IN_MALFORMED]++;
 #endif
 	if (refused >= 0) {
 		stage_count(refused);
@@ -424,5 +458,5 @@ classified:
 
 	return act(ctx, cfg, c, cls);
 #endif /* NN_STAGE */
-#endif /* NN_LATER_STAGE */
+#endif /* NN_STAGE_TAKES */
 }

@@ -161,6 +161,10 @@ struct nn_serve_counters {
 #define NN_STAGE_MAX 5        /* at most one stage per layer */
 #define NN_STAGE_HEADER 16    /* digest, next_layer, bits: the front of a carrying frame */
 #define NN_STAGE_QSIZE 2048   /* frames a CPUMAP entry queues for its CPU */
+/* Hops: a carrying frame on the wire has an outer Ethernet header of this
+ * EtherType (IEEE 802 local experimental 1) in front of the stage header. */
+#define NN_STAGE_ETHERTYPE 0x88B5
+#define NN_STAGE_OUTER 14     /* that outer Ethernet header's bytes */
 
 /* Why a stage refused or lost a packet (nn_stage_err, per CPU). */
 enum nn_stage_error {

@@ -210,7 +210,10 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
   sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic
   sudo xdpnn -n srv attach s0 --model model.npz --serve
   sudo xdpnn attach veth0 --model lfc.npz --plan lfc-plan.json
-  sudo xdpnn attach veth0 --model m.npz --plan p2.json --cpus 1   stage 1 on CPU 1""", options=[
+  sudo xdpnn attach veth0 --model m.npz --plan p2.json --cpus 1   stage 1 on CPU 1
+  sudo xdpnn -n hop1 attach b0 --model lfc.npz --plan lfc-plan.json --stage 1 --peer b1
+                                      one hop: stage 1 alone, on to the next hop out of b1""",
+         options=[
     arg("iface", type=IFNAME, help="interface to attach to"),
     arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
     arg("--peer", type=IFNAME, metavar="IFACE2",
@@ -234,6 +237,10 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
         help="run stages 1, 2, ... on these CPUs, one each, chained by CPUMAP with the "
              "activations in the packet; stage 0 runs on the CPU that receives the frame "
              "(docs/partitioning.md, 'CPUMAP chaining')"),
+    arg("--stage", type=int_in(0, 4), metavar="S",
+        help="attach only stage S of --plan: one hop of a chain across interfaces; it "
+             "sends the activations on the wire out of --peer to stage S+1 (the last "
+             "stage gives the class; docs/partitioning.md, 'Hop chaining')"),
 ])
 def cmd_attach(args):
     from xdpnn.loader import datapath
@@ -242,12 +249,14 @@ def cmd_attach(args):
     rec = datapath.attach(args.iface, args.model, peer=args.peer, input_mode=args.input,
                           port=args.port, actions=args.action, xdp_mode=args.xdp_mode,
                           ns=args.netns, serve=args.serve, plan_path=args.plan,
-                          cpus=args.cpus)
+                          cpus=args.cpus, stage=args.stage)
     where = f" (netns {args.netns})" if args.netns else ""
     peer = f", forwarding to {args.peer}" if args.peer else ""
     port = f" port {rec['port']}" if rec["port"] else ""
     port += ", serving" if rec["serve"] else ""
     port += f", {len(rec['stages'])} stages" if rec.get("stages") else ""
+    if rec.get("stage") is not None:
+        port = f"{port[:-1]}{rec['stage']} of {len(rec['stages'])}"  # ", stage S of N"
     out(args, rec, f"attached {rec['model']['shape']} ({rec['input']}{port}) to "
                    f"{args.iface}{where}{peer}, {args.xdp_mode} mode")
 
@@ -292,7 +301,13 @@ def cmd_status(args):
                 by_port = f"\n    packets to port {m['port']}; actions: {acts or 'count all'}"
             lines.append(f"  model {k}: {m['shape']} {m['path']} (sha256 {m['sha256'][:12]}, "
                          f"prog id {m['prog_id']}, model map {m['model_map_id']}){by_port}")
-        if r.get("stages"):
+        if r.get("stage") is not None:
+            a, b = r["stages"][r["stage"]]
+            nxt = ("gives the class" if r["stage"] == len(r["stages"]) - 1
+                   else f"on the wire to stage {r['stage'] + 1} out of {r['peer']}")
+            lines.append(f"  hop: stage {r['stage']} of {len(r['stages'])} (layers "
+                         f"{a}..{b - 1}), {nxt}")
+        elif r.get("stages"):
             how = (f"CPUMAP, stages 1.. on CPUs {','.join(map(str, r['cpus']))}"
                    if r.get("cpus") else "tail calls")
             lines.append(f"  {len(r['stages'])} stages ({how}): "
@@ -370,8 +385,11 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append(f"  model {k} ({m['shape']}) classes: {classes}; verdict: {verdicts}")
     if "stages" in s:
         st = s["stages"]
-        lines.append(f"  stages: {' | '.join(f'layers {a}..{b - 1}' for a, b in st['layers'])}; "
-                     "refused: " + ", ".join(f"{k} {v}" for k, v in st["errors"].items()))
+        shown = " | ".join(f"layers {a}..{b - 1}" for a, b in st["layers"])
+        if "stage" in st:  # a hop: this stage only
+            a, b = st["layers"][st["stage"]]
+            shown = f"hop stage {st['stage']} of {len(st['layers'])}, layers {a}..{b - 1}"
+        lines.append(f"  stages: {shown}; refused: " + ", ".join(f"{k} {v}" for k, v in st["errors"].items()))
     return "\n".join(lines)
 
 
@@ -668,7 +686,11 @@ def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_
 @command("plan", "cut a model into stages for the fastest slowest stage (docs/partitioning.md)", """
   xdpnn plan --model lfc.npz --stages 3
   xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json
-  sudo xdpnn plan --model lfc.npz --stages 4 --measure -j      layer costs from test runs""",
+  sudo xdpnn plan --model lfc.npz --stages 4 --measure -j      layer costs from test runs
+  xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json \\
+      --hop hop0:a0:a1 --hop hop1:b0:b1 --hop hop2:c0:c1       a hop per stage (then deploy)
+  xdpnn plan --model m.npz --stages 2 --at :veth0 --cpus 1 --out p.json
+                                                     one interface, stage 1 on CPU 1""",
          root=False, options=[
     arg("--model", required=True, metavar="FILE"),
     arg("--stages", type=int_in(1, 5), required=True, metavar="N",
@@ -679,9 +701,18 @@ def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_
     arg("--mtu", type=int_in(68, 65535), default=1500,
         help="check that the activations between stages fit a packet of this MTU (1500)"),
     arg("--out", metavar="PLAN.json", help="write the plan, for attach and verify --plan"),
+    one_of(arg("--hop", action="append", metavar="NS:IFACE[:PEER]",
+               help="where a stage runs, once per stage in order: on IFACE in network "
+                    "namespace NS (empty: this one), sending on out of PEER (every stage "
+                    "but the last needs one); for `xdpnn deploy`"),
+           arg("--at", metavar="NS:IFACE[:PEER]",
+               help="run every stage on IFACE (tail calls, or CPUMAP with --cpus), "
+                    "forwarding to PEER; for `xdpnn deploy`"), required=False),
+    arg("--cpus", type=CPU_LIST, metavar="C1[,C2...]",
+        help="with --at: stages 1, 2, ... on these CPUs (as `attach --cpus`)"),
 ])
 def cmd_plan(args):
-    from xdpnn.loader import datapath, plan
+    from xdpnn.loader import datapath, deploy, plan
     model = datapath.load_model(args.model)
     if args.measure and os.geteuid() != 0:
         raise errors.PrivilegeError("plan --measure: test runs need root (sudo)")
@@ -689,6 +720,7 @@ def cmd_plan(args):
         raise UsageError(f"--stages {args.stages}: model {model.shape} has "
                          f"{len(model.sizes) - 1} layers, at most one stage each")
     p = plan.make(model, args.model, args.stages, measured=args.measure, mtu=args.mtu)
+    plan.place(p, args.hop, args.at, args.cpus)
     if args.out:
         plan.save(p, args.out)
     lines = [f"plan for {model.shape}: {args.stages} stages, {p['costs']} costs"]
@@ -697,13 +729,61 @@ def cmd_plan(args):
         act = (f", {r['activation_bytes']} bytes to the next" + ("" if r["fits_mtu"] else
                                                                  f" (over MTU {args.mtu})")
                if r["activation_bytes"] else "")
+        at = f", at {deploy.where(r)}" if "iface" in r else ""
         lines.append(f"  stage {r['stage']}: layers {a}..{b - 1}, {r['ns']:.0f} ns, "
-                     f"{r['verified_insns']:,} predicted insns{act}")
+                     f"{r['verified_insns']:,} predicted insns{act}{at}")
     lines.append(f"  slowest stage {p['slowest_ns']:.0f} ns: {p['throughput_pps']['pipelined']:,} "
                  f"packets/s with a CPU per stage, {p['throughput_pps']['one_cpu']:,} on one CPU")
+    if p.get("placement", {}).get("chain") in ("tailcalls", "cpumap"):
+        w = p["placement"]
+        cpus = f", stages 1.. on CPUs {','.join(map(str, w['cpus']))}" if w.get("cpus") else ""
+        lines.append(f"  all stages at {deploy.where(w)} ({w['chain']}{cpus})")
     if args.out:
         lines.append(f"  wrote {args.out}")
     out(args, p, "\n".join(lines))
+
+
+@command("deploy", "attach every stage of a plan where its placement says, all or nothing", """
+  sudo xdpnn deploy lfc-plan.json
+  sudo xdpnn deploy lfc-plan.json --model lfc.npz --action 7=drop -j""", options=[
+    arg("plan", metavar="PLAN.json", help="a plan with a placement (`xdpnn plan ... --hop` "
+                                          "or `--at`)"),
+    arg("--model", metavar="FILE", help="the model (default: the plan's, which must be the "
+                                        "file it was made for)"),
+    arg("--action", action="append", default=[], metavar="CLASS=ACTION",
+        help=ACTION_HELP + "; taken by the stage that gives the class"),
+])
+def cmd_deploy(args):
+    from xdpnn.loader import deploy
+    no_netns(args, "deploy")
+    rep = deploy.deploy(args.plan, args.model, args.action)
+    lines = [f"deployed {args.plan} ({rep['chain']}, {len(rep['stages'])} stages)"]
+    for t in rep["attached"]:
+        which = f"stage {t['stage']}" if t["stage"] is not None else "all stages"
+        lines.append(f"  {which} at {t['where']}: prog id {t['prog_id']}")
+    out(args, rep, "\n".join(lines))
+
+
+@command("undeploy", "detach every stage of a plan, where its placement says", """
+  sudo xdpnn undeploy lfc-plan.json
+  sudo xdpnn undeploy lfc-plan.json -j""", options=[
+    arg("plan", metavar="PLAN.json", help="the plan given to `xdpnn deploy`"),
+])
+def cmd_undeploy(args):
+    from xdpnn.loader import deploy
+    no_netns(args, "undeploy")
+    rep = deploy.undeploy(args.plan)
+    lines = [f"undeployed {args.plan}: detached {len(rep['detached'])}"]
+    lines += [f"  detached {w}" for w in rep["detached"]]
+    lines += [f"  not attached: {w}" for w in rep["not_attached"]]
+    lines += [f"  left alone: {w}" for w in rep["other"]]
+    out(args, rep, "\n".join(lines))
+
+
+def no_netns(args, name: str) -> None:
+    if args.netns:
+        raise UsageError(f"-n {args.netns}: {name} takes the namespaces from the plan's "
+                         "placement; drop -n")
 
 
 @command("model random", "write a model with random weights (tests, benchmarks)", """

@@ -157,12 +157,13 @@ def model_summary(model: model_file.Model, path: str) -> dict:
 def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str | None = None,
            port: int | None = None, actions: list[str] = (), xdp_mode: str = "native",
            ns: str | None = None, serve: bool = False, plan_path: str | None = None,
-           cpus: list[int] | None = None) -> dict:
+           cpus: list[int] | None = None, stage: int | None = None) -> dict:
     """Validates, compiles, fills maps, pins and attaches; all or nothing.
     serve: answer requests to the port with XDP_TX (docs/serving.md).
     A model over one program's verifier budget runs as tail-call stages,
     cut by the planner or as plan_path says (docs/partitioning.md); cpus:
-    stages 1.. run on these CPUs instead, chained by CPUMAP."""
+    stages 1.. run on these CPUs instead, chained by CPUMAP; stage: only
+    this stage of the plan, one hop of a chain across interfaces."""
     from xdpnn.loader import plan
     model = load_model(model_path)
     if input_mode and input_mode != model.mode:
@@ -191,6 +192,8 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         raise UsageError(f"model {model.shape} runs as {len(cuts)} stages, and stages run "
                          f"payload and headers models without serving, not "
                          f"{'--serve' if serve else 'flow mode'} (docs/partitioning.md)")
+    if stage is not None:
+        check_hop(stage, cuts, plan_path, peer, cpus, acts)
     if cpus is not None:
         from xdpnn.loader import stages
         if not cuts or len(cuts) < 2:
@@ -202,7 +205,31 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     ensure_bpffs()
     with writer_lock(iface, ns):
         return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve,
-                       cuts if cuts and len(cuts) > 1 else None, cpus)
+                       cuts if cuts and len(cuts) > 1 else None, cpus, stage)
+
+
+def check_hop(stage: int, cuts, plan_path, peer, cpus, acts) -> None:
+    """--stage S: one stage of a plan of 2 or more, alone on this interface;
+    a stage that hands on sends out of --peer, and only the last takes
+    the classes' actions."""
+    if not plan_path:
+        raise UsageError(f"--stage {stage}: give the --plan it is a stage of")
+    if cpus is not None:
+        raise UsageError(f"--stage {stage} --cpus: a hop runs one stage; --cpus spreads all "
+                         "of them over CPUs of one interface (choose one)")
+    if len(cuts) < 2:
+        raise UsageError(f"--stage {stage}: plan {plan_path} has one stage; attach without "
+                         "--stage")
+    if stage >= len(cuts):
+        raise UsageError(f"--stage {stage}: plan {plan_path} has {len(cuts)} stages "
+                         f"(0..{len(cuts) - 1})")
+    if stage < len(cuts) - 1:
+        if not peer:
+            raise UsageError(f"--stage {stage}: it hands its frames on to stage {stage + 1} "
+                             "out of --peer: give the interface towards the next hop")
+        if any(a != "count" for a in acts):
+            raise UsageError(f"--action: stage {stage} is not the last (stage "
+                             f"{len(cuts) - 1} gives the class and takes the actions)")
 
 
 def stage_pins(s: int, last: bool, nxt: str = "nn_next") -> tuple[str, ...]:
@@ -211,7 +238,7 @@ def stage_pins(s: int, last: bool, nxt: str = "nn_next") -> tuple[str, ...]:
 
 
 def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cuts,
-            cpus=None) -> dict:
+            cpus=None, stage=None) -> dict:
     pdir = pin_dir(iface, ns)
     if os.path.exists(pdir):
         raise StateError(f"{iface}: xdpnn is already attached ({pdir}); "
@@ -236,10 +263,15 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
         record["stages"] = [list(c) for c in cuts]
     if cpus:
         record["cpus"] = cpus
+    if stage is not None:
+        record["stage"] = stage  # a hop: this stage alone
     encode_record(record)  # before compiling: the widest prog_id, so it fits later too
 
     with ExitStack() as undo:
-        if cuts:  # later stages open stage 0's maps through pins while they load
+        if stage is not None:  # a hop: one program with maps of its own
+            from xdpnn.loader import stages
+            prog = stages.build_hop(model, cuts, stage)
+        elif cuts:  # later stages open stage 0's maps through pins while they load
             from xdpnn.loader import stages
             os.makedirs(pdir)
             undo.callback(remove_pins, pdir)
@@ -260,15 +292,18 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
                 bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i), "nn_tx_port")
             write_redirects(prog.maps["nn_tx_port"], targets)
 
-        if not cuts:
+        if not cuts or stage is not None:
             os.makedirs(pdir)
             undo.callback(remove_pins, pdir)
+        if stage is not None:
+            for name in ("nn_stage", "nn_stage_err"):
+                bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
         bpf_sys.pin(prog.prog_fd, f"{pdir}/prog")
         for name in maps.MAP_NAMES + maps.FLOW_MAP_NAMES:
             # Stages pinned the shared ones; the flow table is flow mode's only.
             if name in prog.maps and not os.path.exists(f"{pdir}/{name}"):
                 bpf_sys.pin(prog.maps[name], f"{pdir}/{name}")
-        if cuts:  # a program array keeps its slots only while a pin holds it
+        if cuts and stage is None:  # a program array keeps its slots only while a pin holds it
             nxt = "nn_cpus" if cpus else "nn_next"  # a CPUMAP holds its programs: pinned to show
             bpf_sys.pin(prog.maps[nxt], f"{pdir}/{nxt}")
             for s, p in enumerate(prog.stages[1:], 1):
@@ -545,6 +580,8 @@ def stats(iface: str, ns: str | None) -> dict:
         with Pinned(iface, ns) as p:
             out["stages"] = {"layers": rec["stages"],
                              "errors": stages.read_errors(p.open("nn_stage_err"))}
+            if rec.get("stage") is not None:
+                out["stages"]["stage"] = rec["stage"]  # a hop: this one alone
     if serving:
         # Per model id; ids without a model show only if something asked for them.
         out["serve"] = {f"model {k}" if k < maps.SRV["models"] else "other": e
@@ -682,6 +719,9 @@ def set_options(iface: str, ns: str | None, actions: list[str], port: int | None
     with writer_lock(iface, ns), Pinned(iface, ns) as p:
         rec = p.record
         classes = rec["model"]["classes"]
+        if actions and rec.get("stage") is not None and rec["stage"] < len(rec["stages"]) - 1:
+            raise UsageError(f"--action: {iface} runs stage {rec['stage']}, not the last "
+                             f"(stage {len(rec['stages']) - 1} takes the classes' actions)")
         cfg = compile.read_config(p.fds["nn_config"])
         current = [rec["actions"][c] for c in classes]
         new = parse_actions(actions, classes, current)

@@ -16,6 +16,7 @@ import os
 import numpy as np
 from xdpnn.loader import cost, stages
 from xdpnn.loader.errors import ModelFileError, UsageError
+from xdpnn.loader.netns import check_ifname, check_netns_name
 from xdpnn.trainer.model import DEFAULT_PORT, Model
 
 # Predicted verified instructions one stage may take: half the verifier's
@@ -156,8 +157,8 @@ def save(plan: dict, path: str) -> None:
         f.write("\n")
 
 
-def load(path: str, model: Model) -> list[tuple[int, int]]:
-    """The cuts of a plan file, checked against the model it is used with."""
+def read(path: str) -> dict:
+    """A plan file, checked to be one (not yet against a model)."""
     try:
         with open(path) as f:
             if os.fstat(f.fileno()).st_size > 1 << 20:
@@ -168,8 +169,115 @@ def load(path: str, model: Model) -> list[tuple[int, int]]:
     if not isinstance(plan, dict) or plan.get("format") != FORMAT or \
             not isinstance(plan.get("stages"), list):
         raise UsageError(f"--plan {path}: not an xdpnn plan (`xdpnn plan ... --out` writes one)")
+    return plan
+
+
+def load(path: str, model: Model) -> list[tuple[int, int]]:
+    """The cuts of a plan file, checked against the model it is used with."""
+    plan = read(path)
     shape = (plan.get("model") or {}).get("shape")
     if shape != model.shape:
         raise UsageError(f"--plan {path}: made for model {shape}, this model is {model.shape}")
     cuts = [r.get("layers") if isinstance(r, dict) else None for r in plan["stages"]]
     return stages.check_cuts(model.sizes, cuts, f"--plan {path}")
+
+
+# --- placement: where each stage runs (`plan --hop/--at`, `deploy`) -------------
+
+CHAINS = ("tailcalls", "cpumap", "hops")
+
+
+def parse_where(text: str, what: str) -> dict:
+    """NS:IFACE[:PEER] (NS empty: this namespace) as {netns, iface, peer},
+    every name checked to be a name, never a path."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise UsageError(f"{what} {text}: expected NS:IFACE[:PEER] (an empty NS is this "
+                         "network namespace: :eth0:eth1)")
+    return check_where({"netns": parts[0] or None, "iface": parts[1],
+                        "peer": parts[2] if len(parts) == 3 and parts[2] else None},
+                       f"{what} {text}")
+
+
+def check_where(w, what: str) -> dict:
+    """{netns, iface, peer} as a plan file holds it: names or null."""
+    if not isinstance(w, dict):
+        raise UsageError(f"{what}: expected netns, iface and peer")
+    out = {k: w.get(k) for k in ("netns", "iface", "peer")}
+    if not isinstance(out["iface"], str) or any(
+            v is not None and not isinstance(v, str) for v in out.values()):
+        raise UsageError(f"{what}: iface is a name; netns and peer are names or null")
+    try:
+        check_ifname(out["iface"])
+        if out["peer"] is not None:
+            check_ifname(out["peer"])
+        if out["netns"] is not None:
+            check_netns_name(out["netns"])
+    except UsageError as e:
+        raise UsageError(f"{what}: {e}") from None
+    if out["peer"] == out["iface"]:
+        raise UsageError(f"{what}: the peer must be another interface than {out['iface']}")
+    return out
+
+
+def place(plan: dict, hops: list[str] | None = None, at: str | None = None,
+          cpus: list[int] | None = None) -> dict:
+    """Adds where the stages run to a plan: a hop per stage (hops), or all
+    on one interface (at), by tail calls or, with cpus, by CPUMAP."""
+    n = len(plan["stages"])
+    if cpus is not None and not at:
+        raise UsageError("--cpus: give the interface with --at NS:IFACE[:PEER]")
+    if hops:
+        if len(hops) != n:
+            raise UsageError(f"--hop: the plan has {n} stages: give --hop once for each, "
+                             f"in order (got {len(hops)})")
+        where = [parse_where(h, "--hop") for h in hops]
+        for s, w in enumerate(where[:-1]):
+            if not w["peer"]:
+                raise UsageError(f"--hop {hops[s]}: stage {s} hands its frames on out of its "
+                                 "peer: NS:IFACE:PEER")
+        check_distinct(where, "--hop")
+        plan["placement"] = {"chain": "hops"}
+        for row, w in zip(plan["stages"], where):
+            row.update(w)
+    elif at:
+        w = parse_where(at, "--at")
+        if cpus is not None:
+            cpus = stages.check_cpus(cpus, n)
+        plan["placement"] = {"chain": "cpumap" if cpus else "tailcalls", **w,
+                             **({"cpus": cpus} if cpus else {})}
+    return plan
+
+
+def check_distinct(where: list[dict], what: str) -> None:
+    """An interface holds one stage: no name twice in one namespace."""
+    seen = set()
+    for w in where:
+        for name in (w["iface"], w["peer"]):
+            if name and (w["netns"], name) in seen:
+                ns = f" in netns {w['netns']}" if w["netns"] else ""
+                raise UsageError(f"{what}: interface {name}{ns} is given twice (one stage "
+                                 "per interface, and its peer)")
+            seen.add((w["netns"], name))
+
+
+def targets(plan: dict, path: str) -> list[dict]:
+    """Where a plan file says its stages run: one attach each, in order, as
+    {stage (a hop's, else None), netns, iface, peer, cpus}; checked again
+    here, since a file can say anything."""
+    what = f"plan {path}"
+    p = plan.get("placement")
+    if not isinstance(p, dict) or p.get("chain") not in CHAINS:
+        raise UsageError(f"{what}: no placement (write one with `xdpnn plan ... --hop "
+                         "NS:IFACE:PEER` per stage, or --at NS:IFACE[:PEER] [--cpus C1,...])")
+    if p["chain"] != "hops":
+        w = check_where(p, f"{what}: placement")
+        cpus = p.get("cpus")
+        if p["chain"] == "cpumap" and not (isinstance(cpus, list) and cpus
+                                           and all(type(c) is int for c in cpus)):
+            raise UsageError(f"{what}: a CPUMAP placement needs cpus, a list of CPU numbers")
+        return [{"stage": None, **w, "cpus": cpus if p["chain"] == "cpumap" else None}]
+    rows = plan["stages"]
+    where = [check_where(r, f"{what}: stage {s}") for s, r in enumerate(rows)]
+    check_distinct(where, what)
+    return [{"stage": s, **w, "cpus": None} for s, w in enumerate(where)]

@@ -28,6 +28,8 @@ SHARED = ("nn_config", "nn_counters", "nn_tx_port", "nn_serve", "nn_stage", "nn_
 # bad_digest, bad_layer, bad_bits, no_next, truncated, no_room
 ERRORS = python_names(ENUMS["nn_stage_error"])
 HEADER = DEFINES["NN_STAGE_HEADER"]
+ETHERTYPE = DEFINES["NN_STAGE_ETHERTYPE"]  # of a carrying frame between hops
+OUTER = DEFINES["NN_STAGE_OUTER"]          # its outer Ethernet header
 SLOTS = DEFINES["NN_STAGE_SLOTS"]
 MAX_WORDS = DEFINES["NN_STAGE_MAX_WORDS"]
 ACT_BYTES = 16 + 8 * MAX_WORDS  # struct nn_stage_act
@@ -68,20 +70,41 @@ def check_cuts(sizes: list[int], cuts: list[list[int]], what: str) -> list[tuple
 
 
 def flags(model: Model, stage: int, first: int, end: int, carry: bool = False,
-          next_cpu: int | None = None) -> tuple[str, ...]:
+          next_cpu: int | None = None, hop: bool = False) -> tuple[str, ...]:
     out = (f"NN_STAGE={stage}", f"NN_STAGE_FIRST={first}", f"NN_STAGE_END={end}",
            f"NN_STAGE_DIGEST={digest(model):#x}ULL")
-    if carry:
+    if carry or hop:
         out += ("NN_STAGE_CARRY=1",)
+    if hop:
+        out += ("NN_STAGE_HOP=1",)
     if next_cpu is not None:
         out += (f"NN_STAGE_NEXT_CPU={next_cpu}",
                 f"NN_STAGE_CPU_SLOTS={bpf_sys.possible_cpus()}")
     return out
 
 
-def carried(bits: int) -> bytes:
-    """Bytes a frame grows by to carry bits activations (header, words)."""
-    return HEADER + 8 * ((bits + 63) // 64)
+def carried(bits: int, hop: bool = False) -> int:
+    """Bytes a frame grows by to carry bits activations (header, words; on
+    the wire between hops, the outer Ethernet header too)."""
+    return (OUTER if hop else 0) + HEADER + 8 * ((bits + 63) // 64)
+
+
+def build_hop(model: Model, cuts, stage: int, record_input: bool = False) -> compile.Program:
+    """Stage `stage` alone, for a hop (docs/partitioning.md, "Hop chaining"):
+    activations carried on the wire behind an outer Ethernet header, the
+    frame handed on out of the peer; its maps are its own (the stage is
+    attached alone), nn_stage and nn_stage_err among them."""
+    cuts = check_cuts(model.sizes, [list(c) for c in cuts], f"stages of {model.shape}")
+    if not 0 <= stage < len(cuts):
+        raise UsageError(f"--stage {stage}: the plan has {len(cuts)} stages (0..{len(cuts) - 1})")
+    if model.mode not in ("payload", "headers"):
+        raise UsageError(f"model {model.shape}: stages run payload and headers models "
+                         f"({model.mode} mode is one program)")
+    first, end = cuts[stage]
+    return compile.build(model, record_input=record_input,
+                         defines=flags(model, stage, first, end, hop=True),
+                         extra_maps=("nn_stage", "nn_stage_err"),
+                         what=f"model {model.shape} hop stage {stage} (layers {first}..{end - 1})")
 
 
 def check_cpus(cpus, n_stages: int) -> list[int]:

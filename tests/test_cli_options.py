@@ -32,6 +32,8 @@ def bases(tmp, ns):
         "predict": ([], ["predict"], [], {"--model": missing, "--hex": "00" * 14}),
         "verify": ([], ["verify"], [], {"--model": missing}),
         "plan": ([], ["plan"], [], {"--model": missing, "--stages": "2"}),
+        "deploy": ([], ["deploy"], [str(tmp / "missing.json")], {"--model": missing}),
+        "undeploy": ([], ["undeploy"], [str(tmp / "missing.json")], {}),
         "model random": ([], ["model", "random"], ["100-7-3"], {"--out": str(tmp / "r.npz")}),
         "model show": ([], ["model", "show"], [missing], {}),
         "model add": (["-n", ns], ["model", "add"], ["lo"], {"--model": missing, "--id": "1"}),
