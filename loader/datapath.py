@@ -187,15 +187,18 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         raise UsageError(f"--peer {peer}: the peer must be another interface")
     acts = parse_actions(list(actions), model.classes)
     cuts = plan.load(plan_path, model) if plan_path else plan.auto_cuts(model)
-    if cuts and len(cuts) > 1 and (serve or model.mode == "flow"):
+    if cuts and len(cuts) > 1 and model.mode == "flow":
         raise UsageError(f"model {model.shape} runs as {len(cuts)} stages, and stages run "
-                         f"payload and headers models without serving, not "
-                         f"{'--serve' if serve else 'flow mode'} (docs/partitioning.md)")
+                         "payload and headers models, not flow mode (docs/partitioning.md)")
     if cpus is not None:
         from xdpnn.loader import stages
         if not cuts or len(cuts) < 2:
             raise UsageError(f"--cpus: model {model.shape} runs as one program; give a "
                              "--plan of 2 or more stages to spread it over CPUs")
+        if serve:
+            raise UsageError("--cpus with --serve: the last stage replies with XDP_TX, which "
+                             "a CPUMAP program cannot; drop --cpus to serve the stages "
+                             "chained by tail calls (docs/partitioning.md)")
         if xdp_mode != "native":
             raise UsageError("--cpus: CPUMAP chaining needs --xdp-mode native")
         cpus = stages.check_cpus(cpus, len(cuts))
@@ -243,7 +246,7 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
             from xdpnn.loader import stages
             os.makedirs(pdir)
             undo.callback(remove_pins, pdir)
-            prog = stages.build(model, cuts, pdir, cpus=cpus)
+            prog = stages.build(model, cuts, pdir, cpus=cpus, serve=serve)
         else:
             prog = compile.build(model, defines=("NN_SERVE",) if serve else ())
         undo.callback(prog.close)
