@@ -428,7 +428,7 @@ def cmd_set(args):
     arg("--port", type=PORT, help="request port (default: the model's)"),
 ])
 def cmd_predict(args):
-    from xdpnn.loader import compile, datapath, testrun
+    from xdpnn.loader import datapath, testrun
     model = datapath.load_model(args.model)
     if args.ebpf:
         return print_ebpf(model, record_input=True)
@@ -442,7 +442,7 @@ def cmd_predict(args):
             raise UsageError(f"frame {i}: {len(f)} bytes; predict runs frames of up to "
                              f"{testrun.MAX_FRAME} bytes (one page of BPF_PROG_TEST_RUN)")
     port = args.port or model.input.get("port") or DEFAULT_PORT
-    prog = compile.build(model, record_input=True)
+    prog = testrun.build(model, record_input=True)  # stages too, where attach would stage it
     rows = []
     try:
         runner = testrun.Runner(prog, port)
@@ -463,6 +463,9 @@ def cmd_predict(args):
         lines.append(f"{r['packet']:>4} {r['bytes']:>5}  {r['kernel']['input']:<14}"
                      f"{str(r['kernel']['class']):<16}{str(r['reference']['class']):<16}"
                      f"{r['verdict']:<9}{'yes' if r['match'] else 'NO'}")
+    if getattr(prog, "cuts", None):
+        lines.append(f"(the model ran as {len(prog.cuts)} tail-call stages: "
+                     + " | ".join(f"layers {a}..{b - 1}" for a, b in prog.cuts) + ")")
     out(args, rows, "\n".join(lines))
     if not all(r["match"] for r in rows):
         raise errors.MismatchError("the kernel and the reference disagree on "

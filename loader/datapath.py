@@ -334,6 +334,19 @@ def binary_inputs_only(model, path, what: str) -> None:
                              f"{what} supports binary-input models only")
 
 
+def one_program_only(model, path, what: str, why_instead: str) -> None:
+    """Refuses, before anything is compiled, a model that runs only as
+    tail-call stages (over one program's verifier budget: plan.auto_cuts)
+    for a command that builds it as one program; why_instead: why that
+    command cannot stage it, and what to use."""
+    from xdpnn.loader import plan
+    cuts = plan.auto_cuts(model)
+    if cuts:
+        name = f"{path} ({model.shape})" if path else model.shape
+        raise UsageError(f"{what}: model {name} needs {len(cuts)} tail-call stages (over one "
+                         f"program's verifier budget); {why_instead} (docs/partitioning.md)")
+
+
 def _validate(model, path):
     from xdpnn.loader.errors import ModelFileError
     try:
