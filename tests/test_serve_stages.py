@@ -151,3 +151,27 @@ def test_lfc_stages_malformed_requests(lfc_served):
              - sum(e["status"][k] for e in before["serve"].values()) for k in SERVE_STATUS}
     assert moved == {k: want[k] for k in SERVE_STATUS}
     assert after["stages"]["errors"] == {k: 0 for k in stages.ERRORS}
+
+
+@pytest.mark.netns
+def test_added_model_beside_a_staged_model(lfc_served, tmp_path):
+    """A one-program model added as id 1 beside the staged model 0 answers
+    its requests; model 0's stages keep answering theirs."""
+    from test_serve_netns import ADDRS
+    cns, sns, model = lfc_served
+    small = random_model([100, 16, 3], seed=12)
+    small.save(tmp_path / "small.npz")
+    cli.xdpnn("-n", sns, "model", "add", "s0", "--model", tmp_path / "small.npz", "--id", "1",
+              check=True)
+    try:
+        rng = np.random.default_rng(12)
+        for m, mid in ((small, 1), (model, 0)):
+            bits = rng.integers(0, 2, (300, m.sizes[0]), dtype=np.uint8)
+            with client.Client(ADDRS["s0"][0], model=mid, netns=cns, timeout=2.0) as c:
+                rep = c.run([reference.bytes_from_bits(b) for b in bits], inflight=8,
+                            max_seconds=60, scores=True, keep=True)
+            want = reference.scores(m, bits)
+            assert [(r.status, r.model) for r in rep["replies"]] == [("ok", mid)] * 300
+            assert [r.scores for r in rep["replies"]] == want.tolist()
+    finally:
+        cli.xdpnn("-n", sns, "model", "remove", "s0", "--id", "1", check=True)
