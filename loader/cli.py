@@ -195,6 +195,7 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
   sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic
   sudo xdpnn -n srv attach s0 --model model.npz --serve
   sudo xdpnn attach veth0 --model lfc.npz --plan lfc-plan.json
+  sudo xdpnn -n srv attach s0 --model lfc.npz --serve     stages; the last one replies
   sudo xdpnn attach veth0 --model m.npz --plan p2.json --cpus 1   stage 1 on CPU 1""", options=[
     arg("iface", type=IFNAME, help="interface to attach to"),
     arg("--model", required=True, metavar="FILE", help="model file (.npz)"),
@@ -210,7 +211,8 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
         help="driver XDP (default) or generic (skb) XDP"),
     arg("--serve", action="store_true",
         help="payload mode: answer requests with a header (docs/serving.md) from XDP, "
-             "XDP_TX, over IPv4 and IPv6; see `xdpnn query`"),
+             "XDP_TX, over IPv4 and IPv6, staged models too (not with --cpus); see "
+             "`xdpnn query`"),
     arg("--plan", metavar="PLAN.json",
         help="run the model as the tail-call stages of this plan (`xdpnn plan --out`); "
              "without it, a model over one program's verifier budget is cut automatically "
@@ -421,7 +423,9 @@ def cmd_set(args):
 @command("predict", "run packets through the compiled program (no interface) and print the "
                     "kernel's class beside the reference's", """
   sudo xdpnn predict --model model.npz --pcap requests.pcap
-  sudo xdpnn predict --model model.npz --hex 020000000002020000000001080045... -j""", options=[
+  sudo xdpnn predict --model model.npz --hex 020000000002020000000001080045... -j
+  sudo xdpnn predict --model lfc.npz --pcap requests.pcap      through its tail-call stages""",
+    options=[
     arg("--model", required=True, metavar="FILE"),
     one_of(arg("--pcap", metavar="FILE", help="packets from a pcap file"),
            arg("--hex", nargs="+", metavar="BYTES", help="frames as hex strings")),
