@@ -175,3 +175,23 @@ def test_added_model_beside_a_staged_model(lfc_served, tmp_path):
             assert [r.scores for r in rep["replies"]] == want.tolist()
     finally:
         cli.xdpnn("-n", sns, "model", "remove", "s0", "--id", "1", check=True)
+
+
+@pytest.mark.netns
+def test_userspace_c_server_serves_the_lfc_shape(lfc_served):
+    """User space has no verifier budget: serve-userspace's C server answers
+    the same model as it is (on another port of the same namespace, which
+    the XDP server passes to the stack)."""
+    from test_serve_netns import ADDRS
+    from xdpnn.traffic.userserve import UserServer
+    cns, sns, model = lfc_served
+    n = 1000
+    bits = np.random.default_rng(13).integers(0, 2, (n, LFC[0]), dtype=np.uint8)
+    want = reference.scores(model, bits)
+    with UserServer(model, port=PORT + 101, impl="c", netns=sns) as srv:
+        with client.Client(ADDRS["s0"][0], port=PORT + 101, netns=cns, timeout=2.0) as c:
+            rep = c.run([reference.bytes_from_bits(b) for b in bits], inflight=8,
+                        max_seconds=60, scores=True, keep=True)
+    assert (rep["sent"], rep["received"], rep["lost"]) == (n, n, 0), rep
+    assert [r.scores for r in rep["replies"]] == want.tolist()
+    assert srv.counters["status"]["ok"] == n
