@@ -11,8 +11,14 @@
  * its own (test runs with repeat, --measure) reads the same activations.
  *
  * Later stages (NN_PIN_DIR set by the loader) open the first stage's
- * nn_config, nn_counters, nn_tx_port, nn_stage and nn_stage_err pins:
- * every stage counts in one place. */
+ * nn_config, nn_counters, nn_tx_port, nn_serve, nn_stage and nn_stage_err
+ * pins (and, serving, nn_stage_req): every stage counts in one place.
+ *
+ * Serving (NN_SERVE): stage 0 parses the request and answers the malformed
+ * ones itself, as one program does; for a valid one it saves what the
+ * reply is built from (struct nn_req) in nn_stage_req, and the last stage
+ * writes the reply with the class (and scores) over the frame, which the
+ * stages between never touch. */
 #ifndef XDPNN_STAGE_H
 #define XDPNN_STAGE_H
 
@@ -30,8 +36,8 @@
 #if NN_STAGE > 0 && !NN_STAGE_HOP && !defined(NN_PIN_DIR)
 #error "a later stage opens the first stage's maps: NN_PIN_DIR missing"
 #endif
-#if defined(NN_SERVE) || NN_INPUT_MODE == NN_INPUT_FLOW
-#error "stages run payload and headers models without serving"
+#if NN_INPUT_MODE == NN_INPUT_FLOW
+#error "stages run payload and headers models: a flow's cached class skips inference in stage 0"
 #endif
 _Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stage_act");
 
@@ -61,6 +67,12 @@ _Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stag
 #define NN_STAGE_FRONT NN_STAGE_OUTER
 #else
 #define NN_STAGE_FRONT 0
+#endif
+/* Serving: the last stage replies with XDP_TX, which a CPUMAP program
+ * cannot; the request's reply fields go to it through nn_stage_req, a
+ * per-CPU map like nn_stage, so the chain is one of tail calls. */
+#if defined(NN_SERVE) && NN_STAGE_CARRY
+#error "served stages chain by tail calls with nn_stage, not packet-carried"
 #endif
 
 /* Input counts, in bits, of this stage's first layer and of the next's. */

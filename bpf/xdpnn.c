@@ -30,7 +30,8 @@
  *
  * Stages (NN_STAGE=s, stage.h, docs/partitioning.md): a model too big for
  * one program runs as several, each computing a range of layers, chained
- * by tail calls; stage 0 is the attached program. */
+ * by tail calls; stage 0 is the attached program.  Served, stage 0 parses
+ * the request and the last stage replies. */
 #include "xdpnn_shared.h"
 
 #ifndef NN_MODEL_ID
@@ -115,6 +116,10 @@ BPF_DEVMAP(nn_tx_port, NN_TX_SLOTS);
 /* Activations between stages, and why a stage refused some (stage.h). */
 NN_SHARED("percpu_array", struct nn_stage_act, nn_stage, NN_STAGE_SLOTS);
 NN_SHARED("percpu_array", __u64, nn_stage_err, NN_STAGE__COUNT);
+#ifdef NN_SERVE
+/* The request being answered, from stage 0 to the last (stage.h). */
+NN_SHARED("percpu_array", struct nn_req, nn_stage_req, 1);
+#endif
 #if !NN_STAGE_LAST && NN_STAGE_NEXT_CPU >= 0
 /* The next stage's program as the entry of its CPU (struct bpf_cpumap_val:
  * queue size, program fd); filled by the loader. */
@@ -228,6 +233,21 @@ static __always_inline int answer(struct xdp_md *ctx, struct nn_scratch *s)
 		return XDP_DROP; /* cannot happen: serve_parse keeps it <= NN_SRV_MODELS */
 	return serve_reply(ctx, &s->req, s->scores, sc);
 }
+
+/* Answers the request in s with class cls, and its scores when asked:
+ * recomputed from h, the last hidden layer's activations (bnn_output's
+ * own, never kept). */
+static __always_inline int answer_class(struct xdp_md *ctx, struct nn_scratch *s,
+					const __u64 *m, const __u64 *h, __u32 cls)
+{
+	s->req.cls = cls;
+	if (s->req.hdr.flags & NN_SRV_F_SCORES) {
+#pragma clang loop unroll(disable)
+		for (int j = 0; j < NN_CLASSES; j++)
+			s->scores[j] = __builtin_bswap64(bnn_score(m, h, j));
+	}
+	return answer(ctx, s);
+}
 #endif
 
 static __always_inline int verdict(struct nn_counters *c, int v)
@@ -272,6 +292,15 @@ static __always_inline int stage_run(struct xdp_md *ctx, const struct nn_config 
 	__u32 cls = stage_layers(model->w, s->a, s->b, &out) & (NN_MAX_CLASSES - 1);
 #if NN_STAGE_LAST
 	c->class_packets[cls]++;
+#ifdef NN_SERVE
+	/* A request is answered whatever its class's action, with the
+	 * fields stage 0 saved. */
+	struct nn_req *req = nn_stage_req.lookup(&zero);
+	if (!req)
+		return verdict(c, XDP_DROP); /* cannot happen: array entries exist */
+	__builtin_memcpy(&s->req, req, sizeof(s->req));
+	return verdict(c, answer_class(ctx, s, model->w, out, cls));
+#endif
 	return act(ctx, cfg, c, cls);
 #else
 	__u32 slot = (NN_STAGE + 1) % NN_STAGE_SLOTS;
@@ -417,6 +446,12 @@ int xdpnn(struct xdp_md *ctx)
 	}
 	c->input[NN_IN_CLASSIFIED]++;
 #ifdef NN_STAGE
+#ifdef NN_SERVE
+	struct nn_req *req = nn_stage_req.lookup(&zero);
+	if (!req)
+		return verdict(c, XDP_DROP); /* cannot happen: array entries exist */
+	__builtin_memcpy(req, &s->req, sizeof(s->req)); /* for the last stage's reply */
+#endif
 	return stage_run(ctx, cfg, c, s);
 #else
 	__u32 cls;
@@ -444,16 +479,8 @@ classified:
 #endif
 #ifdef NN_SERVE
 	/* A request is answered whatever its class's action.  bnn_infer leaves
-	 * the last hidden layer in b after an odd number of layers, else in a;
-	 * the scores are recomputed from it, bnn_output's own, never kept. */
-	s->req.cls = cls;
-	if (s->req.hdr.flags & NN_SRV_F_SCORES) {
-		const __u64 *h = NN_HIDDEN % 2 ? s->b : s->a;
-#pragma clang loop unroll(disable)
-		for (int j = 0; j < NN_CLASSES; j++)
-			s->scores[j] = __builtin_bswap64(bnn_score(m, h, j));
-	}
-	return verdict(c, answer(ctx, s));
+	 * the last hidden layer in b after an odd number of layers, else in a. */
+	return verdict(c, answer_class(ctx, s, m, NN_HIDDEN % 2 ? s->b : s->a, cls));
 #endif
 
 	return act(ctx, cfg, c, cls);

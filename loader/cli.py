@@ -210,6 +210,7 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
   sudo xdpnn attach eth1 --model flows.npz --input headers --xdp-mode generic
   sudo xdpnn -n srv attach s0 --model model.npz --serve
   sudo xdpnn attach veth0 --model lfc.npz --plan lfc-plan.json
+  sudo xdpnn -n srv attach s0 --model lfc.npz --serve     stages; the last one replies
   sudo xdpnn attach veth0 --model m.npz --plan p2.json --cpus 1   stage 1 on CPU 1
   sudo xdpnn -n hop1 attach b0 --model lfc.npz --plan lfc-plan.json --stage 1 --peer b1
                                       one hop: stage 1 alone, on to the next hop out of b1""",
@@ -228,7 +229,8 @@ ACTION_HELP = ("what to do with packets of CLASS (name, index or 'all'): count (
         help="driver XDP (default) or generic (skb) XDP"),
     arg("--serve", action="store_true",
         help="payload mode: answer requests with a header (docs/serving.md) from XDP, "
-             "XDP_TX, over IPv4 and IPv6; see `xdpnn query`"),
+             "XDP_TX, over IPv4 and IPv6, staged models too (not with --cpus); see "
+             "`xdpnn query`"),
     arg("--plan", metavar="PLAN.json",
         help="run the model as the tail-call stages of this plan (`xdpnn plan --out`); "
              "without it, a model over one program's verifier budget is cut automatically "
@@ -454,14 +456,16 @@ def cmd_set(args):
 @command("predict", "run packets through the compiled program (no interface) and print the "
                     "kernel's class beside the reference's", """
   sudo xdpnn predict --model model.npz --pcap requests.pcap
-  sudo xdpnn predict --model model.npz --hex 020000000002020000000001080045... -j""", options=[
+  sudo xdpnn predict --model model.npz --hex 020000000002020000000001080045... -j
+  sudo xdpnn predict --model lfc.npz --pcap requests.pcap      through its tail-call stages""",
+    options=[
     arg("--model", required=True, metavar="FILE"),
     one_of(arg("--pcap", metavar="FILE", help="packets from a pcap file"),
            arg("--hex", nargs="+", metavar="BYTES", help="frames as hex strings")),
     arg("--port", type=PORT, help="request port (default: the model's)"),
 ])
 def cmd_predict(args):
-    from xdpnn.loader import compile, datapath, testrun
+    from xdpnn.loader import datapath, testrun
     model = datapath.load_model(args.model)
     if args.ebpf:
         return print_ebpf(model, record_input=True)
@@ -475,7 +479,7 @@ def cmd_predict(args):
             raise UsageError(f"frame {i}: {len(f)} bytes; predict runs frames of up to "
                              f"{testrun.MAX_FRAME} bytes (one page of BPF_PROG_TEST_RUN)")
     port = args.port or model.input.get("port") or DEFAULT_PORT
-    prog = compile.build(model, record_input=True)
+    prog = testrun.build(model, record_input=True)  # stages too, where attach would stage it
     rows = []
     try:
         runner = testrun.Runner(prog, port)
@@ -496,6 +500,9 @@ def cmd_predict(args):
         lines.append(f"{r['packet']:>4} {r['bytes']:>5}  {r['kernel']['input']:<14}"
                      f"{str(r['kernel']['class']):<16}{str(r['reference']['class']):<16}"
                      f"{r['verdict']:<9}{'yes' if r['match'] else 'NO'}")
+    if getattr(prog, "cuts", None):
+        lines.append(f"(the model ran as {len(prog.cuts)} tail-call stages: "
+                     + " | ".join(f"layers {a}..{b - 1}" for a, b in prog.cuts) + ")")
     out(args, rows, "\n".join(lines))
     if not all(r["match"] for r in rows):
         raise errors.MismatchError("the kernel and the reference disagree on "

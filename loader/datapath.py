@@ -188,17 +188,20 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         raise UsageError(f"--peer {peer}: the peer must be another interface")
     acts = parse_actions(list(actions), model.classes)
     cuts = plan.load(plan_path, model) if plan_path else plan.auto_cuts(model)
-    if cuts and len(cuts) > 1 and (serve or model.mode == "flow"):
+    if cuts and len(cuts) > 1 and model.mode == "flow":
         raise UsageError(f"model {model.shape} runs as {len(cuts)} stages, and stages run "
-                         f"payload and headers models without serving, not "
-                         f"{'--serve' if serve else 'flow mode'} (docs/partitioning.md)")
+                         "payload and headers models, not flow mode (docs/partitioning.md)")
     if stage is not None:
-        check_hop(stage, cuts, plan_path, peer, cpus, acts)
+        check_hop(stage, cuts, plan_path, peer, cpus, acts, serve)
     if cpus is not None:
         from xdpnn.loader import stages
         if not cuts or len(cuts) < 2:
             raise UsageError(f"--cpus: model {model.shape} runs as one program; give a "
                              "--plan of 2 or more stages to spread it over CPUs")
+        if serve:
+            raise UsageError("--cpus with --serve: the last stage replies with XDP_TX, which "
+                             "a CPUMAP program cannot; drop --cpus to serve the stages "
+                             "chained by tail calls (docs/partitioning.md)")
         if xdp_mode != "native":
             raise UsageError("--cpus: CPUMAP chaining needs --xdp-mode native")
         cpus = stages.check_cpus(cpus, len(cuts))
@@ -208,12 +211,17 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
                        cuts if cuts and len(cuts) > 1 else None, cpus, stage)
 
 
-def check_hop(stage: int, cuts, plan_path, peer, cpus, acts) -> None:
+def check_hop(stage: int, cuts, plan_path, peer, cpus, acts, serve=False) -> None:
     """--stage S: one stage of a plan of 2 or more, alone on this interface;
     a stage that hands on sends out of --peer, and only the last takes
-    the classes' actions."""
+    the classes' actions (a reply from the last hop would go back towards
+    the hop before, not the client: hops do not serve)."""
     if not plan_path:
         raise UsageError(f"--stage {stage}: give the --plan it is a stage of")
+    if serve:
+        raise UsageError(f"--stage {stage} --serve: hops do not serve; served models run "
+                         "their stages by tail calls on one interface (attach --serve "
+                         "without --stage)")
     if cpus is not None:
         raise UsageError(f"--stage {stage} --cpus: a hop runs one stage; --cpus spreads all "
                          "of them over CPUs of one interface (choose one)")
@@ -275,7 +283,7 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
             from xdpnn.loader import stages
             os.makedirs(pdir)
             undo.callback(remove_pins, pdir)
-            prog = stages.build(model, cuts, pdir, cpus=cpus)
+            prog = stages.build(model, cuts, pdir, cpus=cpus, serve=serve)
         else:
             prog = compile.build(model, defines=("NN_SERVE",) if serve else ())
         undo.callback(prog.close)
@@ -364,6 +372,19 @@ def binary_inputs_only(model, path, what: str) -> None:
     if model.input_bits > 1:
         raise ModelFileError(f"{what}: model {path} takes {model.input_bits}-bit inputs; "
                              f"{what} supports binary-input models only")
+
+
+def one_program_only(model, path, what: str, why_instead: str) -> None:
+    """Refuses, before anything is compiled, a model that runs only as
+    tail-call stages (over one program's verifier budget: plan.auto_cuts)
+    for a command that builds it as one program; why_instead: why that
+    command cannot stage it, and what to use."""
+    from xdpnn.loader import plan
+    cuts = plan.auto_cuts(model)
+    if cuts:
+        name = f"{path} ({model.shape})" if path else model.shape
+        raise UsageError(f"{what}: model {name} needs {len(cuts)} tail-call stages (over one "
+                         f"program's verifier budget); {why_instead} (docs/partitioning.md)")
 
 
 def _validate(model, path):

@@ -64,7 +64,14 @@ def evaluate(model: Model, captures: dict[str, list[tuple[int, bytes]]], progres
     unclassified = Counter()  # frames the program does not classify, by input result
     mismatches, examples = 0, []
     started = time.monotonic()
-    prog = compile.build(model, defines=("NN_FLOW_REPLAY_CLOCK",) if flow_mode else ())
+    # Flow mode is one program (its replay clock); a staged flow model is
+    # refused before anything is built.
+    if flow_mode:
+        from xdpnn.loader.datapath import one_program_only
+        one_program_only(model, None, "evaluate",
+                         "a flow-mode model runs as one program: train a smaller one")
+    prog = (compile.build(model, defines=("NN_FLOW_REPLAY_CLOCK",)) if flow_mode
+            else testrun.build(model))
     try:
         runner = testrun.Runner(prog, port)
         done = 0

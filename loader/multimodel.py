@@ -22,8 +22,8 @@ from contextlib import ExitStack
 from xdpnn.loader import bpf_sys, compile, maps, progarray
 from xdpnn.loader.datapath import (Pinned, added_model, added_models, added_pin,
                                    binary_inputs_only, config_actions, encode_record,
-                                   ensure_bpffs, load_model, model_summary, parse_actions,
-                                   writer_lock, write_record)
+                                   ensure_bpffs, load_model, model_summary,
+                                   one_program_only, parse_actions, writer_lock, write_record)
 from xdpnn.loader.errors import StateError, UsageError
 
 IDS = range(1, maps.SRV["models"])  # 0 is the attached model; nn_progs has a slot per id
@@ -47,6 +47,9 @@ def add(iface: str, ns: str | None, model_path: str, model_id: int, port: int | 
     check_id(model_id, "add")
     model = load_model(model_path)
     binary_inputs_only(model, model_path, "model add")
+    one_program_only(model, model_path, "model add",
+                     "an added model is one program: attach it on an interface of its own "
+                     "(`xdpnn attach IFACE --model F`, with --serve to serve it)")
     ensure_bpffs()
     with writer_lock(iface, ns), Pinned(iface, ns) as p:
         p.check_complete()

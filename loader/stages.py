@@ -23,8 +23,10 @@ from xdpnn.loader import bpf_sys, compile, progarray
 from xdpnn.loader.errors import UsageError
 from xdpnn.trainer.model import Model
 
-# The maps of stage 0 that later stages open through pins (bpf/stage.h).
+# The maps of stage 0 that later stages open through pins (bpf/stage.h);
+# serving adds the request the last stage answers.
 SHARED = ("nn_config", "nn_counters", "nn_tx_port", "nn_serve", "nn_stage", "nn_stage_err")
+SERVE_SHARED = ("nn_stage_req",)
 # bad_digest, bad_layer, bad_bits, no_next, truncated, no_room
 ERRORS = python_names(ENUMS["nn_stage_error"])
 HEADER = DEFINES["NN_STAGE_HEADER"]
@@ -168,17 +170,23 @@ class Staged:
 
 
 def build(model: Model, cuts, pin_dir: str, record_input: bool = False, methods=None,
-          link: bool = True, carry: bool = False, cpus: list[int] | None = None) -> Staged:
+          link: bool = True, carry: bool = False, cpus: list[int] | None = None,
+          serve: bool = False) -> Staged:
     """Builds every stage; stage 0's shared maps are pinned in pin_dir (an
     existing folder; the caller removes it).  link=False leaves the nn_next
     slots empty (each stage then runs alone: --measure).  carry: the
     activations travel in the packet; cpus (those of stages 1.., checked by
     check_cpus): each stage hands the frame to the next one's CPU by CPUMAP,
-    carrying them."""
+    carrying them.  serve: stage 0 parses requests and the last stage
+    replies (NN_SERVE), chained by tail calls only."""
     cuts = check_cuts(model.sizes, [list(c) for c in cuts], f"stages of {model.shape}")
     if model.mode not in ("payload", "headers"):
         raise UsageError(f"model {model.shape}: stages run payload and headers models "
                          f"({model.mode} mode is one program)")
+    if serve and (carry or cpus):
+        raise UsageError(f"model {model.shape}: served stages chain by tail calls: the last "
+                         "stage replies with XDP_TX, which a CPUMAP program cannot")
+    shared = SHARED + (SERVE_SHARED if serve else ())
     if not re.fullmatch(r"[\w./@+-]+", pin_dir):
         raise UsageError(f"{pin_dir}: a stage pin folder of letters, digits and ._@+-/ only")
     built: list[compile.Program] = []
@@ -188,15 +196,17 @@ def build(model: Model, cuts, pin_dir: str, record_input: bool = False, methods=
             nxt = "nn_cpus" if cpus else "nn_next"
             extra = (() if last else (nxt,)) + (("nn_stage", "nn_stage_err") if s == 0
                                                 else ())
+            if s == 0 and serve:
+                extra += SERVE_SHARED
             f = flags(model, s, first, end, carry or bool(cpus),
-                      cpus[s] if cpus and not last else None)
+                      cpus[s] if cpus and not last else None) + (("NN_SERVE",) if serve else ())
             what = f"model {model.shape} stage {s} (layers {first}..{end - 1})"
             if s == 0:
                 p = compile.build(model, record_input=record_input,
                                   defines=f, methods=methods,
                                   extra_maps=extra, what=what)
                 built.append(p)
-                for name in SHARED:
+                for name in shared:
                     if not os.path.exists(f"{pin_dir}/{name}"):
                         bpf_sys.pin(p.maps[name], f"{pin_dir}/{name}")
             else:
@@ -236,10 +246,10 @@ class TempPins:
 
 
 def build_unpinned(model: Model, cuts, record_input: bool = False, methods=None,
-                   link: bool = True, carry: bool = False) -> Staged:
+                   link: bool = True, carry: bool = False, serve: bool = False) -> Staged:
     """build() through a temporary pin folder, removed before it returns."""
     with TempPins() as d:
-        return build(model, cuts, d, record_input, methods, link, carry)
+        return build(model, cuts, d, record_input, methods, link, carry, serve=serve)
 
 
 def read_errors(fd: int) -> dict[str, int]:

@@ -83,6 +83,18 @@ class Runner:
         bpf_sys.map_update(fd, 0, b"\xff" * size * self.n_cpus, "nn_last")
 
 
+def build(model: Model, record_input: bool = False):
+    """The model loaded as attach loads it: one program, or the tail-call
+    stages of its automatic cut when one program is over the verifier
+    budget (docs/partitioning.md, "When a model is staged"); frames go to
+    the one program or to stage 0 alike."""
+    from xdpnn.loader import plan, stages
+    cuts = plan.auto_cuts(model)
+    if not cuts:
+        return compile.build(model, record_input=record_input)
+    return stages.build_unpinned(model, cuts, record_input=record_input)
+
+
 def expected(model: Model, frame: bytes, port: int) -> tuple[str, int | None, np.ndarray | None]:
     """What the reference says of a frame: (input result, class, input bits or values)."""
     result, bits = features.model_input(frame, model.mode, model.raw_bits, port)

@@ -80,6 +80,11 @@ def summary(values: list[float]) -> dict:
             "max": float(max(values)), "trials": [float(v) for v in values]}
 
 
+# What to use for a model bench cannot measure: one over one program's budget.
+STAGED = ("bench measures one-program datapaths: `xdpnn verify --model F` gives its ns per "
+          "input through the stages, `xdpnn plan --model F --stages N --measure` each stage's")
+
+
 def load_models(s: Settings) -> list[tuple[str, Model]]:
     """(name, model) for each shape (random weights, seed 1) and model file."""
     models = []
@@ -92,6 +97,8 @@ def load_models(s: Settings) -> list[tuple[str, Model]]:
         m = datapath.load_model(path)
         datapath.binary_inputs_only(m, path, "bench")
         models.append((f"{m.shape} ({Path(path).name})", m))
+    for name, m in models:
+        datapath.one_program_only(m, None if name == m.shape else name, "bench", STAGED)
     if not models:
         raise UsageError("bench: no model to measure (give --shape or --model)")
     return models

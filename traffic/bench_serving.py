@@ -460,6 +460,10 @@ def command(args, progress, prefix: str | None = None) -> None:
     else:
         name = (args.shape or [DEFAULT_SHAPE])[0]
         model = random_model([int(x) for x in name.split("-")], seed=1)
+    datapath.one_program_only(model, args.model[0] if args.model else None, "bench --serving",
+                              "the serving bench serves one program: serve its stages with "
+                              "`xdpnn attach IFACE --model F --serve` and measure them with "
+                              "`xdpnn query`")
     out_dir = Path(args.out or time.strftime("results/bench-serving-%Y%m%d-%H%M%S"))
     serving = run(model, name, s, progress, prefix)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
