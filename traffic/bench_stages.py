@@ -204,6 +204,20 @@ def build(c: Config, t: Topology) -> None:
         raise
 
 
+def settle(c: Config, rx: Sink, quiet: float = 0.03, limit: float = 2.0) -> None:
+    """Waits until the count stops moving: frames still queued for a busy
+    CPU (the CPUMAP kthread competes with other jobs) would otherwise be
+    counted in the next reading."""
+    last, still, deadline = counted(c, rx), time.monotonic(), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+        now = counted(c, rx)
+        if now != last:
+            last, still = now, time.monotonic()
+        elif time.monotonic() - still >= quiet:
+            return
+
+
 def rate_trial(c: Config, gen: livegen.LiveGen, t: Topology, rx: Sink,
                drops: CpumapDrops, seconds: float, soft: tuple) -> None:
     """One trial of c: rates, losses, and CPU ns per frame on each CPU
@@ -211,14 +225,14 @@ def rate_trial(c: Config, gen: livegen.LiveGen, t: Topology, rx: Sink,
     work there too, so the CPU-time figures err low)."""
     with forwarder.attached(c.prog, t.dut, PORTS):
         gen.send(4096)  # warm-up: caches, page pools, the CPUMAP kthread
-        time.sleep(0.05)
+        settle(c, rx)
         mid = cpumap_id(c)
         before = (counted(c, rx), rx.counts()[0], drops.read(mid) if mid else 0, veth_drops(t),
                   kthread_ns(c.kthread), kthread_ns(soft[0]), kthread_ns(soft[1]))
         t0 = time.thread_time_ns()
         sent = gen.send(1 << 40, max_seconds=seconds)
         cpu0 = time.thread_time_ns() - t0
-        time.sleep(0.05)  # what is still queued arrives
+        settle(c, rx)
         after = (counted(c, rx), rx.counts()[0], drops.read(mid) if mid else 0, veth_drops(t),
                  kthread_ns(c.kthread), kthread_ns(soft[0]), kthread_ns(soft[1]))
     n = after[0] - before[0]
