@@ -739,8 +739,11 @@ def cmd_plan(args):
         at = f", at {deploy.where(r)}" if "iface" in r else ""
         lines.append(f"  stage {r['stage']}: layers {a}..{b - 1}, {r['ns']:.0f} ns, "
                      f"{r['verified_insns']:,} predicted insns{act}{at}")
-    lines.append(f"  slowest stage {p['slowest_ns']:.0f} ns: {p['throughput_pps']['pipelined']:,} "
-                 f"packets/s with a CPU per stage, {p['throughput_pps']['one_cpu']:,} on one CPU")
+    t = p["throughput_pps"]
+    lines.append(f"  slowest stage {p['slowest_ns']:.0f} ns: {t['pipelined']:,} packets/s with a "
+                 f"CPU per stage, {t['one_cpu']:,} on one CPU (forwarding and CPUMAP hand-offs "
+                 f"included; the layers alone {t['compute_only']['pipelined']:,} and "
+                 f"{t['compute_only']['one_cpu']:,})")
     if p.get("placement", {}).get("chain") in ("tailcalls", "cpumap"):
         w = p["placement"]
         cpus = f", stages 1.. on CPUs {','.join(map(str, w['cpus']))}" if w.get("cpus") else ""
@@ -1325,14 +1328,21 @@ def cmd_exporter(args):
   sudo xdpnn bench --quick               a smoke run (under a minute)
   sudo xdpnn bench --shape 256-32-16-2 --model model.npz --trials 7 --out results/mine -j
   sudo xdpnn bench --serving             requests answered by XDP against a user-space C server
+  sudo xdpnn bench --stages              one CPU against two CPUMAP stages, planner's prediction
+  sudo xdpnn bench --stages --quick --shape 784-64-32-10
 
 Writes bench.json, bench.md and bench.png (with matplotlib) to --out
 (default results/bench-<time>/); with --serving bench.json, bench.md and
-bench-serving.png, for the first --shape or --model (784-64-32-10);
+bench-serving.png, for the first --shape or --model (784-64-32-10); with
+--stages bench.json and bench.md for each --shape (784-256-256-10 and
+784-1024-1024-1024-10; --quick 784-64-32-10);
 docs/benchmarks.md explains every figure.""", options=[
     arg("--quick", action="store_true", help="short trials: a smoke run"),
     arg("--serving", action="store_true",
         help="the serving section instead: XDP replies against the user-space C server"),
+    arg("--stages", action="store_true",
+        help="the stages section instead: a model on one CPU against two CPUMAP stages on "
+             "CPUs 0 and 1, with the planner's predicted rates"),
     arg("--shape", type=SHAPE, action="append", metavar="SHAPE",
         help="a random model of this shape (repeatable; default 256-32-16-2, 784-64-32-10, "
              "784-256-256-10)"),

@@ -22,10 +22,23 @@ from xdpnn.trainer.model import DEFAULT_PORT, Model
 # Predicted verified instructions one stage may take: half the verifier's
 # 1M, because the prediction's error grows with the program.
 BUDGET = 500_000
-# Bytes around the activations when stages are chained across CPUs or
-# hops, carried in the packet: IPv4 (20) + UDP (8) + struct nn_stage_act's
-# header (digest, next layer, bits: 16).
-PACKET_OVERHEAD = 20 + 8 + 16
+# A request's headers (Ethernet 14, IPv4 20, UDP 8): packet-carried
+# activations go in front of the whole frame as it arrived, so a frame
+# between stages is these, the input bytes, then stages.carried(bits).
+REQUEST_HEADERS = 14 + 20 + 8
+# Per-frame CPU costs outside the layers, in ns, measured by `xdpnn bench
+# --stages` in CPU time on the machine of loader/cost_model.json
+# (docs/benchmarks.md, "Stages across CPUs"): PATH_NS, what the receiving
+# CPU spends per frame to receive, forward and count it with no inference
+# (the live generator on that CPU included); HANDOFF_NS, what handing a
+# frame on by CPUMAP adds on the handing CPU (activations put in front,
+# the frame queued), net of the forwarding that moves to the next CPU;
+# NEXT_NS, what a later stage's CPU spends per frame beside its layers
+# (the CPUMAP kthread: dequeue, the activations cut off, forwarding, and
+# on veth the receiver's NAPI too).
+PATH_NS = 420.0
+HANDOFF_NS = 210.0
+NEXT_NS = 680.0
 FORMAT = "xdpnn-plan"
 
 
@@ -124,6 +137,32 @@ def measure(model: Model, repeat: int = 200, rounds: int = 5) -> list[float]:
     return out
 
 
+def rates(stage_ns: list[float], path_ns: float = PATH_NS, handoff_ns: float = HANDOFF_NS,
+          next_ns: float = NEXT_NS) -> dict:
+    """Predicted frames/s of a host that forwards and classifies every
+    frame: all stages on one CPU (tail calls: path + layers), or one CPU
+    per stage chained by CPUMAP, where the slowest CPU sets the rate:
+    stage 0's CPU pays the path, its layers and the hand-off, a later
+    stage's CPU NEXT_NS, its layers and (but the last) a hand-off.
+    compute_only: the layers alone (what the cut balances)."""
+    total, slowest = sum(stage_ns), max(stage_ns)
+    last = len(stage_ns) - 1
+    per_cpu = [(path_ns if s == 0 else next_ns) + ns + (handoff_ns if s < last else 0)
+               for s, ns in enumerate(stage_ns)]
+    return {"one_cpu": round(1e9 / (path_ns + total)), "pipelined": round(1e9 / max(per_cpu)),
+            "compute_only": {"one_cpu": round(1e9 / total), "pipelined": round(1e9 / slowest)},
+            "per_cpu_ns": [round(x, 1) for x in per_cpu],
+            "path_ns": path_ns, "handoff_ns": handoff_ns, "next_ns": next_ns}
+
+
+def frame_bytes(model: Model, bits: int) -> int:
+    """Bytes of a frame carrying bits activations from a stage to the next:
+    the request (its headers and input bytes; a headers-mode model's packet
+    may be longer) and, in front, the stage header and words."""
+    payload = (model.raw_bits + 7) // 8 if model.mode == "payload" else 0
+    return REQUEST_HEADERS + payload + stages.carried(bits)
+
+
 def make(model: Model, path: str | None, n: int, measured: bool = False, mtu: int = 1500,
          methods=None) -> dict:
     """The plan: n stages cut for the fastest slowest stage."""
@@ -136,10 +175,11 @@ def make(model: Model, path: str | None, n: int, measured: bool = False, mtu: in
     rows = []
     for s, (a, b) in enumerate(cuts):
         out_bits = model.sizes[b] if b < len(ns) else 0
-        act = PACKET_OVERHEAD + (out_bits + 7) // 8 if out_bits else 0
+        act = frame_bytes(model, out_bits) if out_bits else 0
         rows.append({"stage": s, "layers": [a, b], "ns": round(sum(costs[a:b]), 1),
                      "verified_insns": round(sum(insns[a:b])), "activation_bytes": act,
-                     "fits_mtu": act <= mtu})
+                     # the frame less its Ethernet header is what an MTU limits
+                     "fits_mtu": act - 14 <= mtu})
     total = sum(costs)
     return {"format": FORMAT, "version": 1,
             "model": {"path": os.path.abspath(path) if path else None, "sha256": model.sha256,
@@ -147,7 +187,7 @@ def make(model: Model, path: str | None, n: int, measured: bool = False, mtu: in
             "costs": "measured" if measured else "predicted", "mtu": mtu,
             "stages": rows, "slowest_ns": round(slowest, 1), "total_ns": round(total, 1),
             # One CPU per stage (pipelined) against the whole chain on one CPU.
-            "throughput_pps": {"pipelined": round(1e9 / slowest), "one_cpu": round(1e9 / total)},
+            "throughput_pps": rates([r["ns"] for r in rows]),
             "layer_ns": [round(c, 1) for c in costs]}
 
 

@@ -160,3 +160,55 @@ def test_bench_serving_writes_every_documented_key(tmp_path):
     assert {"peak_flood", "peak_window", "peak_live", "peak_live_1cpu"} <= set(s["ratios"])
     assert s["setup"]["server_priority"].startswith("SCHED_FIFO")
     assert "| XDP (attach --serve) |" in (out / "bench.md").read_text()
+
+
+STAGES_MODEL_KEYS = {"model", "calibration", "plan", "one_cpu_stages", "speedup",
+                     "speedup_cpu_time", "predicted_speedup", "one_cpu", "two_cpus"}
+STAGES_RUN_KEYS = {"pps", "sent", "counted", "received", "lost", "cpumap_drops", "veth_drops",
+                   "classes_exact", "cpu0_ns_per_frame", "cpu1_ns_per_frame",
+                   "ksoftirqd_share", "pps_cpu_time", "predicted_pps",
+                   "predicted_compute_only_pps", "measured_over_predicted",
+                   "cpu_time_over_predicted"}
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs CPUs 0 and 1")
+def test_bench_stages_quick(tmp_path):
+    """--stages --quick: one CPU against two CPUMAP stages for the calibration
+    model and 784-64-32-10; every documented key, counts that add up, the
+    reference's class counts on a full cycle of inputs, the planner's cut."""
+    from xdpnn.loader import plan
+    from xdpnn.traffic import bench_stages
+    prefix = f"xh1-sbench-{os.getpid()}"
+    r = xdpnn("-j", "bench", "--stages", "--quick", "--netns-prefix", prefix, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res == json.loads((tmp_path / "bench.json").read_text())
+    assert res["schema"] == "xdpnn-bench-stages/1"
+    assert set(res) == {"schema", "started", "seconds", "environment", "forward", "constants",
+                        "models"}
+    assert set(res["constants"]) == {"path_ns", "handoff_ns", "next_ns", "calibration_model"}
+    assert [m["model"] for m in res["models"]] == [bench_stages.CALIBRATION, "784-64-32-10"]
+    assert res["forward"]["pps"]["min"] > 0
+    for m in res["models"]:
+        assert set(m) == STAGES_MODEL_KEYS
+        sizes = [int(x) for x in m["model"].split("-")]
+        p = plan.make(random_model(sizes, seed=1), None, 2)
+        assert m["plan"]["stages"] == [r["layers"] for r in p["stages"]]
+        assert m["one_cpu_stages"] is None  # both fit one program
+        for key in ("one_cpu", "two_cpus"):
+            x = m[key]
+            assert set(x) == STAGES_RUN_KEYS, key
+            assert x["classes_exact"] is True, (m["model"], key)
+            assert len(x["pps"]["trials"]) == 3 and x["pps"]["min"] > 0
+            assert 0 < x["counted"] <= x["sent"] and x["lost"] == x["sent"] - x["counted"]
+            # the last stage forwards what it counts (a full veth ring may drop some)
+            assert x["counted"] - x["veth_drops"] <= x["received"] <= x["counted"]
+            assert x["predicted_pps"] > 0 and x["pps_cpu_time"]["min"] > 0
+        assert m["one_cpu"]["cpumap_drops"] is None and m["one_cpu"]["cpu1_ns_per_frame"] is None
+        two = m["two_cpus"]
+        assert two["cpumap_drops"] <= two["lost"] and two["cpu1_ns_per_frame"]["min"] > 0
+        assert m["predicted_speedup"] > 0
+    md = (tmp_path / "bench.md").read_text()
+    assert "two CPUMAP stages" in md and "784-64-32-10" in md
+    assert not list(Path("/run/netns").glob(f"{prefix}-*"))

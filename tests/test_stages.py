@@ -80,7 +80,16 @@ def test_plan_file_round_trip(tmp_path):
     plan.save(p, path)
     assert plan.load(path, m) == [tuple(r["layers"]) for r in p["stages"]]
     assert [r["fits_mtu"] for r in p["stages"]] == [False, False, False, True]
-    assert p["throughput_pps"]["pipelined"] == round(1e9 / p["slowest_ns"])
+    t = p["throughput_pps"]
+    assert t["compute_only"]["pipelined"] == round(1e9 / p["slowest_ns"])
+    # the path, hand-offs and the next CPUs' own costs (loader/plan.py rates())
+    ns = [r["ns"] for r in p["stages"]]
+    assert t["per_cpu_ns"][0] == pytest.approx(plan.PATH_NS + ns[0] + plan.HANDOFF_NS, abs=0.1)
+    assert t["per_cpu_ns"][3] == pytest.approx(plan.NEXT_NS + ns[3], abs=0.1)
+    assert t["pipelined"] == round(1e9 / max(t["per_cpu_ns"]))
+    assert t["one_cpu"] == round(1e9 / (plan.PATH_NS + sum(ns)))
+    # a frame between stages: the request, then the stage header and words in front
+    assert p["stages"][0]["activation_bytes"] == 14 + 20 + 8 + 98 + 16 + 8 * 16
     with pytest.raises(UsageError, match="made for model 784-1024-1024-1024-10"):
         plan.load(path, random_model(SMALL))
     bad = {**p, "stages": [{"layers": [0, 2]}, {"layers": [3, 4]}]}

@@ -392,6 +392,9 @@ def command(args) -> None:
     if getattr(args, "serving", False):
         from xdpnn.traffic import bench_serving
         return bench_serving.command(args, progress)
+    if getattr(args, "stages", False):
+        from xdpnn.traffic import bench_stages
+        return bench_stages.command(args, progress)
     s = Settings.quick() if args.quick else Settings()
     if args.shape:
         s.shapes = args.shape

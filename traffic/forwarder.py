@@ -24,19 +24,25 @@ def build(model: Model, ns: str, ports: tuple[str, str], udp_port: int,
     takes the default path (count), so each request is forwarded."""
     prog = compile.build(model, defines=defines)
     try:
-        with netns(ns):
-            # DEVMAP entries resolve ifindexes in the caller's namespace.
-            idx = [ifindex(p, ns) for p in ports]
-            for slot, i in enumerate(idx):
-                bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i),
-                                   "nn_tx_port")
-        cfg = maps.Config(udp_port=udp_port)
-        cfg.ifindex[0], cfg.ifindex[1] = idx
-        compile.write_config(prog.maps["nn_config"], cfg)
+        configure(prog, ns, ports, udp_port)
     except BaseException:
         prog.close()
         raise
     return prog
+
+
+def configure(prog, ns: str, ports: tuple[str, str], udp_port: int) -> None:
+    """Points a built program (or stages.Staged: the maps are stage 0's,
+    shared by all) at ns's forwarding pair, every class on the default path."""
+    with netns(ns):
+        # DEVMAP entries resolve ifindexes in the caller's namespace.
+        idx = [ifindex(p, ns) for p in ports]
+        for slot, i in enumerate(idx):
+            bpf_sys.map_update(prog.maps["nn_tx_port"], slot, ctypes.c_uint32(i),
+                               "nn_tx_port")
+    cfg = maps.Config(udp_port=udp_port)
+    cfg.ifindex[0], cfg.ifindex[1] = idx
+    compile.write_config(prog.maps["nn_config"], cfg)
 
 
 @contextmanager
