@@ -5,13 +5,13 @@
 # .vm/console.log.  No network for the guest beyond what tests build in it.
 #   vagrant/vm-test.sh [PYTEST ARGS...]     (default: the VM selection below)
 # Environment: XDPNN_VM_ACCEL=auto|kvm|tcg (auto: KVM where it boots the
-# guest's kernel, QEMU's emulator otherwise), XDPNN_VM_TIMEOUT seconds (2400).
+# guest's kernel, QEMU's emulator otherwise), XDPNN_VM_TIMEOUT seconds (5400).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/.vm
 NEED_MB=4500
 ACCEL=${XDPNN_VM_ACCEL:-auto}
-TIMEOUT=${XDPNN_VM_TIMEOUT:-2400}
+TIMEOUT=${XDPNN_VM_TIMEOUT:-5400}
 # Under the emulator every BPF compile takes most of a minute, so the VM
 # runs what differs between kernels, one test of each kind: the verifier on
 # a small and the largest default shape, the parser twin, the counters, the
@@ -19,7 +19,9 @@ TIMEOUT=${XDPNN_VM_TIMEOUT:-2400}
 # through a new inner map, detach through BPF links, the shared
 # header against the compiler, serving replies (checksums: the helper
 # differs between kernels), an added model behind a tail call (maps shared
-# by pin), the flow table, and the generators
+# by pin), the flow table, a model chosen by port, tail-call stages at
+# every layer boundary, CPUMAP stages (a program of expected attach type
+# BPF_XDP_CPUMAP), a multi-bit first layer, and the generators
 # (pktgen exists only here).  The host runs the whole suite.
 DEFAULT_ARGS="-q --durations=0 \
  'tests/test_golden.py::test_kernel_class_equals_reference[256-32-16-2-payload]' \
@@ -39,7 +41,11 @@ DEFAULT_ARGS="-q --durations=0 \
  'tests/test_serve.py::test_kernel_reply_equals_twin[256-32-16-4]' \
  tests/test_serve_netns.py::test_malformed_requests_get_their_error_reply_or_are_dropped \
  tests/test_serve.py::test_kernel_reply_equals_twin_with_an_added_model \
- tests/test_flow.py::test_kernel_flow_records_classes_and_counters_equal_the_twin"
+ tests/test_flow.py::test_kernel_flow_records_classes_and_counters_equal_the_twin \
+ tests/test_port_models.py::test_a_port_goes_to_its_model_with_its_actions_until_removed \
+ 'tests/test_stages.py::test_stages_bit_exact_at_every_boundary[0-1|1-2|2-3|3-4|4-5]' \
+ tests/test_cpumap_stages.py::test_cpumap_stages_real_frames \
+ 'tests/test_multibit.py::test_kernel_equals_reference[payload-shape0-signed-4]'"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
 
 case $ACCEL in auto|kvm|tcg) ;; *)
