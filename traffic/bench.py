@@ -85,14 +85,17 @@ STAGED = ("bench measures one-program datapaths: `xdpnn verify --model F` gives 
           "input through the stages, `xdpnn plan --model F --stages N --measure` each stage's")
 
 
+def shape_model(shape: str) -> Model:
+    """The bench's model of a --shape: random weights, seed 1."""
+    try:
+        return random_model([int(x) for x in shape.split("-")], seed=1)
+    except (ValueError, ModelError) as e:
+        raise UsageError(f"--shape {shape}: {e}") from None
+
+
 def load_models(s: Settings) -> list[tuple[str, Model]]:
     """(name, model) for each shape (random weights, seed 1) and model file."""
-    models = []
-    for shape in s.shapes:
-        try:
-            models.append((shape, random_model([int(x) for x in shape.split("-")], seed=1)))
-        except (ValueError, ModelError) as e:
-            raise UsageError(f"--shape {shape}: {e}") from None
+    models = [(shape, shape_model(shape)) for shape in s.shapes]
     for path in s.model_files:
         m = datapath.load_model(path)
         datapath.binary_inputs_only(m, path, "bench")

@@ -35,8 +35,8 @@ from xdpnn.loader.compile import captured_stderr, import_bcc
 from xdpnn.loader.errors import UsageError
 from xdpnn.loader.netns import check_netns_name
 from xdpnn.trainer import reference
-from xdpnn.trainer.model import Model, ModelError, random_model
-from xdpnn.traffic import forwarder, livegen, packets
+from xdpnn.trainer.model import Model, random_model
+from xdpnn.traffic import bench, forwarder, livegen, packets
 from xdpnn.traffic.sink import Sink
 from xdpnn.traffic.topology import Topology
 
@@ -275,13 +275,10 @@ def run(s: Settings) -> dict:
                          "allowed to this process")
     models = []
     for shape in s.shapes:
-        try:
-            models.append((shape, random_model([int(x) for x in shape.split("-")], seed=1)))
-        except (ValueError, ModelError) as e:
-            raise UsageError(f"--shape {shape}: {e}") from None
+        models.append((shape, bench.shape_model(shape)))
         if len(models[-1][1].sizes) < 3:
             raise UsageError(f"--shape {shape}: two stages need two layers or more")
-    calib = random_model([int(x) for x in CALIBRATION.split("-")], seed=1)
+    calib = bench.shape_model(CALIBRATION)
     n_bytes = max((m.sizes[0] + 7) // 8 for _, m in models + [("", calib)])
     payloads = livegen.random_payloads(n_bytes, seed=7)
     frame_len = len(packets.request(payloads[0], PORT))
