@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from xdpnn.loader import datapath, plan
-from xdpnn.loader.errors import XdpnnError
+from xdpnn.loader.errors import ModelFileError, XdpnnError
 
 
 def where(t: dict) -> str:
@@ -36,7 +36,6 @@ def deploy(plan_path: str, model_path: str | None = None, actions=()) -> dict:
             raise XdpnnError(f"deploy: plan {plan_path} names no model file: give --model")
         model = datapath.load_model(model_path)
         if model.sha256 != p["model"].get("sha256"):
-            from xdpnn.loader.errors import ModelFileError
             raise ModelFileError(f"deploy: model {model_path} is not the one plan {plan_path} "
                                  "was made for (its sha256 differs): give --model to use it")
     else:

@@ -20,6 +20,26 @@ from xdpnn.traffic import packets
 PORT = 9595
 
 
+def check_counters(maps: dict, outcomes: list, n_classes: int) -> None:
+    """The program's counters against the twin's outcomes: per input
+    result and verdict, per model id (requests, replies, statuses), and
+    per class of the answered requests."""
+    from xdpnn.loader import compile
+    c = compile.read_counters(maps["nn_counters"])
+    results = collections.Counter(o.result for o in outcomes)
+    assert dict(zip(features.INPUT_RESULTS, c["input"].tolist())) == \
+        {r: results[r] for r in features.INPUT_RESULTS}
+    verdicts = collections.Counter(o.verdict for o in outcomes)
+    assert c["verdict"].tolist() == [verdicts[v] for v in compile.maps.VERDICTS]
+    for k, entry in enumerate(compile.read_serve_counters(maps["nn_serve"])):
+        mine = [o for o in outcomes if o.counters == k]
+        assert entry["requests"] == len(mine)
+        assert entry["replies"] == sum(o.verdict == "tx" for o in mine)
+        assert entry["status"] == {s: sum(o.status == s for o in mine) for s in SERVE_STATUS}
+    classes = collections.Counter(o.cls for o in outcomes if o.status == "ok")
+    assert c["class_packets"][:n_classes].tolist() == [classes[k] for k in range(n_classes)]
+
+
 def test_request_and_reply_round_trip():
     payload = client.encode_request(7, b"\x01\x02", model=3, scores=True)
     assert payload[:8] == bytes([0x58, 0x4E, 1, 1, 0, 3, 0, 2]) and payload[8:16] == \
@@ -139,21 +159,7 @@ def test_kernel_reply_equals_twin(sizes, n):
         assert set(statuses) == {None, *SERVE_STATUS} - {"no_room"}
         assert statuses["ok"] > n // 2
 
-        # The counters: per input result, and per model id and status.
-        c = compile.read_counters(prog.maps["nn_counters"])
-        results = collections.Counter(o.result for o in outcomes)
-        assert dict(zip(features.INPUT_RESULTS, c["input"].tolist())) == \
-            {r: results[r] for r in features.INPUT_RESULTS}
-        verdicts = collections.Counter(o.verdict for o in outcomes)
-        assert c["verdict"].tolist() == [verdicts[v] for v in compile.maps.VERDICTS]
-        served = compile.read_serve_counters(prog.maps["nn_serve"])
-        for k, entry in enumerate(served):
-            mine = [o for o in outcomes if o.counters == k]
-            assert entry["requests"] == len(mine)
-            assert entry["replies"] == sum(o.verdict == "tx" for o in mine)
-            assert entry["status"] == {s: sum(o.status == s for o in mine) for s in SERVE_STATUS}
-        classes = collections.Counter(o.cls for o in outcomes if o.status == "ok")
-        assert c["class_packets"][:sizes[-1]].tolist() == [classes[k] for k in range(sizes[-1])]
+        check_counters(prog.maps, outcomes, sizes[-1])
     finally:
         prog.close()
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 import cli
-from test_serve import PORT, frames, run_and_compare
+from test_serve import PORT, check_counters, frames, run_and_compare
 from xdpnn import client
 from xdpnn.bpf.shared import SERVE_STATUS
 from xdpnn.loader import compile, plan, stages
-from xdpnn.trainer import features, reference
+from xdpnn.trainer import reference
 from xdpnn.trainer.model import random_model
 from xdpnn.traffic import packets
 
@@ -47,19 +47,7 @@ def test_staged_reply_equals_twin(cuts):
         statuses = collections.Counter(o.status for o in outcomes)
         assert set(statuses) == {None, *SERVE_STATUS} - {"no_room"}
 
-        c = compile.read_counters(built.maps["nn_counters"])
-        results = collections.Counter(o.result for o in outcomes)
-        assert dict(zip(features.INPUT_RESULTS, c["input"].tolist())) == \
-            {r: results[r] for r in features.INPUT_RESULTS}
-        verdicts = collections.Counter(o.verdict for o in outcomes)
-        assert c["verdict"].tolist() == [verdicts[v] for v in compile.maps.VERDICTS]
-        served = compile.read_serve_counters(built.maps["nn_serve"])
-        for k, entry in enumerate(served):
-            mine = [o for o in outcomes if o.counters == k]
-            assert entry["requests"] == len(mine)
-            assert entry["status"] == {s: sum(o.status == s for o in mine) for s in SERVE_STATUS}
-        classes = collections.Counter(o.cls for o in outcomes if o.status == "ok")
-        assert c["class_packets"][:SMALL[-1]].tolist() == [classes[k] for k in range(SMALL[-1])]
+        check_counters(built.maps, outcomes, SMALL[-1])
         assert stages.read_errors(built.maps["nn_stage_err"]) == {k: 0 for k in stages.ERRORS}
     finally:
         built.close()
