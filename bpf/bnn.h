@@ -41,36 +41,47 @@ static __always_inline __u64 nibble_counts(__u64 v)
  * bytes; here partial counts are added first and reduced once: two words'
  * nibbles (at most 8 each) are added, spread to bytes and summed over all
  * pairs (at most 8 pairs of 16 = 128 per byte), then the bytes are summed
- * once per row, in 16-bit lanes where the total can exceed 255. */
+ * once per row, in 16-bit lanes where the total can exceed 255.  Rows of
+ * more than 16 words (2048-wide layers) fold the bytes into 16-bit lanes
+ * every 8 pairs, before a byte can overflow. */
 static __always_inline __u32 xor_popcount(const __u64 *x, const __u64 *w, const int words)
 {
 	const __u64 m4 = 0x0f0f0f0f0f0f0f0fULL;
-	__u64 bytes = 0;
-	/* words <= 16: unrolled, so each load has a constant offset. */
+	const __u64 m8 = 0x00ff00ff00ff00ffULL;
+	__u64 bytes = 0, lanes = 0;
+	/* Unrolled, so each load has a constant offset. */
 #pragma unroll
 	for (int k = 0; k < words; k += 2) {
 		__u64 n = nibble_counts(x[k] ^ w[k]);
 		if (k + 1 < words)
 			n += nibble_counts(x[k + 1] ^ w[k + 1]);
 		bytes += (n & m4) + ((n >> 4) & m4);
+		if (words > 16 && (k % 16 == 14 || k + 2 >= words)) {
+			lanes += (bytes & m8) + ((bytes >> 8) & m8);
+			bytes = 0;
+		}
 	}
+	if (words > 16)
+		return (lanes * 0x0001000100010001ULL) >> 48;
 	if (words * 64 < 256)
 		return (bytes * 0x0101010101010101ULL) >> 56;
-	bytes = (bytes & 0x00ff00ff00ff00ffULL) + ((bytes >> 8) & 0x00ff00ff00ff00ffULL);
+	bytes = (bytes & m8) + ((bytes >> 8) & m8);
 	return (bytes * 0x0001000100010001ULL) >> 48;
 }
 
-/* A hidden layer: neuron j fires (bit 1) iff its dot product a >= T_j. */
+/* A hidden layer, or its groups of 64 neurons [g0, g1) (a stage that holds
+ * part of a layer, stage.h): neuron j fires (bit 1) iff its dot product
+ * a >= T_j. */
 static __always_inline void bnn_hidden(const __u64 *m, const __u64 *in, __u64 *out,
 				       const int n_in, const int in_words, const int n_out,
-				       const int w_off, const int t_off)
+				       const int w_off, const int t_off, const int g0, const int g1)
 {
 	/* Bounded loops over output words and their neurons: the verifier
 	 * walks every iteration, which is what limits the largest model
 	 * (docs/datapath.md, "Verifier limits").  An output word is built in
 	 * a register and stored once. */
 #pragma clang loop unroll(disable)
-	for (int g = 0; g < (n_out + 63) / 64; g++) {
+	for (int g = g0; g < g1; g++) {
 		__u64 acc = 0;
 		const int end = n_out - 64 * g < 64 ? n_out - 64 * g : 64;
 #pragma clang loop unroll(disable)
@@ -117,19 +128,22 @@ static __always_inline __u32 bnn_output(const __u64 *m, const __u64 *in)
 }
 
 /* NN_L<l>_METHOD, chosen per layer by loader/layout.py: 0 horizontal, 1 vertical,
- * 2 vertical in 32-bit lanes (at most 32 neurons). */
-#define NN_HIDDEN_LAYER(l, in, out)                                                              \
+ * 2 vertical in 32-bit lanes (at most 32 neurons: one group, never split).
+ * NN_HIDDEN_PART computes the layer's groups of 64 neurons [g0, g1) only. */
+#define NN_GROUPS(n) (((n) + 63) / 64)
+#define NN_HIDDEN_PART(l, in, out, g0, g1)                                                       \
 	do {                                                                                     \
 		if (NN_L##l##_METHOD == 2)                                                       \
 			bnn_hidden_w(m, in, out, NN_L##l##_IN_WORDS, NN_L##l##_W, NN_L##l##_T,   \
 				     NN_L##l##_BITS);                                            \
 		else if (NN_L##l##_METHOD == 1)                                                  \
-			bnn_hidden_v(m, in, out, NN_L##l##_IN, NN_L##l##_IN_WORDS, NN_L##l##_OUT, \
-				     NN_L##l##_W, NN_L##l##_T, NN_L##l##_BITS);                    \
+			bnn_hidden_v(m, in, out, NN_L##l##_IN, NN_L##l##_IN_WORDS, NN_L##l##_W,  \
+				     NN_L##l##_T, NN_L##l##_BITS, g0, g1);                         \
 		else                                                                             \
 			bnn_hidden(m, in, out, NN_L##l##_IN, NN_L##l##_IN_WORDS, NN_L##l##_OUT,  \
-				   NN_L##l##_W, NN_L##l##_T);                                     \
+				   NN_L##l##_W, NN_L##l##_T, g0, g1);                             \
 	} while (0)
+#define NN_HIDDEN_LAYER(l, in, out) NN_HIDDEN_PART(l, in, out, 0, NN_GROUPS(NN_L##l##_OUT))
 
 /* The first layer: a hidden layer of input bits, or of k-bit input values
  * (model format version 2, NN_IN_VALUE_BITS > 1: bnn_multibit.h). */

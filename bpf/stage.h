@@ -10,6 +10,14 @@
  * Stage s reads entry s % 2 and writes the other, so a stage run again on
  * its own (test runs with repeat, --measure) reads the same activations.
  *
+ * A cut may fall inside a hidden layer, between groups of 64 neurons
+ * (NN_STAGE_FIRST_G, NN_STAGE_END_G): the stage begins at group
+ * NN_STAGE_FIRST_G of layer NN_STAGE_FIRST and ends before group
+ * NN_STAGE_END_G of layer NN_STAGE_END.  A stage that ends inside a layer
+ * hands on that layer's input and the groups it computed (done); the next
+ * computes the rest.  A layer's groups are independent, so the split
+ * changes no bit of the result.
+ *
  * Later stages (NN_PIN_DIR set by the loader) open the first stage's
  * nn_config, nn_counters, nn_tx_port, nn_serve, nn_stage and nn_stage_err
  * pins (and, serving, nn_stage_req): every stage counts in one place.
@@ -24,6 +32,12 @@
 
 #if !defined(NN_STAGE_FIRST) || !defined(NN_STAGE_END) || !defined(NN_STAGE_DIGEST)
 #error "stage flags missing: the loader passes them (loader/stages.py)"
+#endif
+#ifndef NN_STAGE_FIRST_G
+#define NN_STAGE_FIRST_G 0
+#endif
+#ifndef NN_STAGE_END_G
+#define NN_STAGE_END_G 0
 #endif
 /* Hop chaining (NN_STAGE_HOP=1, docs/partitioning.md "Hop chaining"): each
  * stage is attached on an interface of its own and owns its maps; a stage
@@ -91,6 +105,26 @@ _Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stag
 
 #define NN_STAGE_BYTES(bits) (8 * (((bits) + 63) / 64))
 
+/* Groups of 64 neurons of hidden layer l, and those this stage runs: from
+ * NN_STAGE_FIRST_G in its first layer, up to NN_STAGE_END_G in layer
+ * NN_STAGE_END (none when that is 0). */
+#define NN_STAGE_GROUPS(l) ((NN_STAGE_PASTE(NN_L, l, _OUT) + 63) / 64)
+#define NN_STAGE_LO(l) ((l) == NN_STAGE_FIRST ? NN_STAGE_FIRST_G : 0)
+#define NN_STAGE_HI(l) ((l) == NN_STAGE_END ? NN_STAGE_END_G : NN_STAGE_GROUPS(l))
+#define NN_STAGE_RUNS(l)                                                                \
+	(NN_STAGE_FIRST <= (l) && (l) <= NN_STAGE_END && (l) < NN_HIDDEN &&              \
+	 NN_STAGE_LO(l) < NN_STAGE_HI(l))
+#if NN_STAGE_LAST && NN_STAGE_END_G
+#error "the last stage ends with the output layer, which is never split"
+#endif
+#if defined(NN_IN_VALUE_BITS) && NN_IN_VALUE_BITS > 1 && \
+	((NN_STAGE_FIRST == 0 && NN_STAGE_FIRST_G) || (NN_STAGE_END == 0 && NN_STAGE_END_G))
+#error "a multi-bit first layer is never split"
+#endif
+/* Bytes of the finished groups carried in and out (done). */
+#define NN_STAGE_DONE_IN (8 * NN_STAGE_FIRST_G)
+#define NN_STAGE_DONE_OUT (8 * NN_STAGE_END_G)
+
 /* The maps (nn_stage, nn_stage_err, nn_next) are declared in xdpnn.c: BCC
  * rewrites map accesses in the main file only. */
 
@@ -100,19 +134,24 @@ static __always_inline int stage_check(const struct nn_stage_act *act)
 {
 	if (act->digest != NN_STAGE_DIGEST)
 		return NN_STAGE_BAD_DIGEST;
-	if (act->next_layer != NN_STAGE_FIRST)
+	if (act->next_layer != NN_STAGE_FIRST || act->next_group != NN_STAGE_FIRST_G)
 		return NN_STAGE_BAD_LAYER;
 	if (act->bits != NN_STAGE_IN_BITS)
 		return NN_STAGE_BAD_BITS;
 	return -1;
 }
 
-static __always_inline int stage_read(const struct nn_stage_act *act, __u64 *x)
+/* The activations into x and, when the stage begins inside a layer, the
+ * groups already done into y (that layer's output buffer). */
+static __always_inline int stage_read(const struct nn_stage_act *act, __u64 *x, __u64 *y)
 {
 	int refused = stage_check(act);
 	if (refused >= 0)
 		return refused;
 	__builtin_memcpy(x, act->w, NN_MAX_WORDS * 8);
+#if NN_STAGE_DONE_IN
+	__builtin_memcpy(y, act->done, NN_STAGE_DONE_IN);
+#endif
 	return -1;
 }
 
@@ -141,12 +180,18 @@ static __always_inline int stage_take(struct xdp_md *ctx, struct nn_stage_act *a
 	int refused = stage_check(act);
 	if (refused >= 0)
 		return refused;
-	/* bits is this layer's: the words' length is the one compiled in. */
-	__u32 carried = NN_STAGE_FRONT + NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_IN_BITS);
+	/* bits is this layer's: the words' length is the one compiled in, and
+	 * the groups done follow them. */
+	__u32 words = NN_STAGE_FRONT + NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_IN_BITS);
+	__u32 carried = words + NN_STAGE_DONE_IN;
 	if (len < carried + 14 ||
 	    bpf_xdp_load_bytes(ctx, NN_STAGE_FRONT + NN_STAGE_HEADER, act->w,
 			       NN_STAGE_BYTES(NN_STAGE_IN_BITS)))
 		return NN_STAGE_TRUNCATED;
+#if NN_STAGE_DONE_IN
+	if (bpf_xdp_load_bytes(ctx, words, act->done, NN_STAGE_DONE_IN))
+		return NN_STAGE_TRUNCATED;
+#endif
 	if (bpf_xdp_adjust_head(ctx, carried))
 		return NN_STAGE_TRUNCATED; /* cannot happen: the frame keeps its 14 bytes */
 	return -1;
@@ -154,13 +199,18 @@ static __always_inline int stage_take(struct xdp_md *ctx, struct nn_stage_act *a
 #endif
 
 #if !NN_STAGE_LAST
-/* Hands the activations in x to the next stage (entry (NN_STAGE + 1) % 2). */
-static __always_inline void stage_write(struct nn_stage_act *act, const __u64 *x)
+/* Hands the activations in x (and, ending inside a layer, its groups done
+ * in y) to the next stage (entry (NN_STAGE + 1) % 2). */
+static __always_inline void stage_write(struct nn_stage_act *act, const __u64 *x, const __u64 *y)
 {
 	act->digest = NN_STAGE_DIGEST;
 	act->next_layer = NN_STAGE_END;
+	act->next_group = NN_STAGE_END_G;
 	act->bits = NN_STAGE_OUT_BITS;
 	__builtin_memcpy(act->w, x, NN_MAX_WORDS * 8);
+#if NN_STAGE_DONE_OUT
+	__builtin_memcpy(act->done, y, NN_STAGE_DONE_OUT);
+#endif
 }
 
 #if NN_STAGE_CARRY
@@ -168,11 +218,15 @@ static __always_inline void stage_write(struct nn_stage_act *act, const __u64 *x
 static __always_inline int stage_put(struct xdp_md *ctx, const struct nn_stage_act *act)
 {
 	__u32 words = NN_STAGE_HEADER + NN_STAGE_BYTES(NN_STAGE_OUT_BITS);
-	__u32 carried = NN_STAGE_FRONT + words;
+	__u32 carried = NN_STAGE_FRONT + words + NN_STAGE_DONE_OUT;
 	if (bpf_xdp_adjust_head(ctx, -(int)carried))
 		return NN_STAGE_NO_ROOM;
-	/* struct nn_stage_act is the header, then the words: one copy. */
+	/* struct nn_stage_act is the header, then the words: one copy (and one
+	 * more for the groups done). */
 	int err = bpf_xdp_store_bytes(ctx, NN_STAGE_FRONT, (void *)act, words);
+#if NN_STAGE_DONE_OUT
+	err = err ?: bpf_xdp_store_bytes(ctx, NN_STAGE_FRONT + words, act->done, NN_STAGE_DONE_OUT);
+#endif
 #if NN_STAGE_HOP
 	/* On the wire a proper Ethernet frame: the frame's own destination and
 	 * source (it has its 14 bytes: stage 0 parsed them, later hops checked
@@ -192,23 +246,29 @@ static __always_inline int stage_put(struct xdp_md *ctx, const struct nn_stage_a
 #endif
 #endif
 
-/* Hidden layer l of this stage: the stage's input is in a, and layers
- * alternate a -> b -> a as in bnn_infer. */
-#define NN_STAGE_HIDDEN(l)                                   \
-	do {                                                 \
-		if ((l - NN_STAGE_FIRST) % 2 == 0)           \
-			NN_HIDDEN_LAYER(l, a, b);            \
-		else                                         \
-			NN_HIDDEN_LAYER(l, b, a);            \
+/* Hidden layer l of this stage (its groups NN_STAGE_LO..HI): the stage's
+ * input is in a, and layers alternate a -> b -> a as in bnn_infer. */
+#define NN_STAGE_HIDDEN(l)                                                                   \
+	do {                                                                                 \
+		if ((l - NN_STAGE_FIRST) % 2 == 0)                                           \
+			NN_HIDDEN_PART(l, a, b, NN_STAGE_LO(l), NN_STAGE_HI(l));             \
+		else                                                                         \
+			NN_HIDDEN_PART(l, b, a, NN_STAGE_LO(l), NN_STAGE_HI(l));             \
 	} while (0)
-#define NN_STAGE_RUNS(l) (NN_STAGE_FIRST <= (l) && (l) < NN_STAGE_END && (l) < NN_HIDDEN)
 
 /* Runs this stage's layers on a; returns the class (last stage), else 0,
- * and leaves the stage's output activations in *out. */
-static __always_inline __u32 stage_layers(const __u64 *m, __u64 *a, __u64 *b, __u64 **out)
+ * and leaves the stage's output activations in *out: the input of layer
+ * NN_STAGE_END, and in *done that layer's groups done when the stage
+ * ends inside it. */
+static __always_inline __u32 stage_layers(const __u64 *m, __u64 *a, __u64 *b, __u64 **out,
+					  __u64 **done)
 {
 #if NN_STAGE_RUNS(0)
-	NN_FIRST_LAYER(a, b); /* a multi-bit first layer too (bnn.h); a stage's first */
+#if defined(NN_IN_VALUE_BITS) && NN_IN_VALUE_BITS > 1
+	NN_FIRST_LAYER(a, b); /* a multi-bit first layer (bnn.h), whole */
+#else
+	NN_STAGE_HIDDEN(0);
+#endif
 #endif
 #if NN_STAGE_RUNS(1)
 	NN_STAGE_HIDDEN(1);
@@ -219,9 +279,11 @@ static __always_inline __u32 stage_layers(const __u64 *m, __u64 *a, __u64 *b, __
 #if NN_STAGE_RUNS(3)
 	NN_STAGE_HIDDEN(3);
 #endif
-	/* Hidden layers run here: the result is in b after an odd count. */
+	/* Layers FIRST .. END-1 ran whole (or from FIRST_G): layer END's input
+	 * is in b after an odd count, its groups done in the other buffer. */
 #define NN_STAGE_HIDDEN_RUN ((NN_STAGE_END < NN_HIDDEN ? NN_STAGE_END : NN_HIDDEN) - NN_STAGE_FIRST)
 	*out = NN_STAGE_HIDDEN_RUN % 2 ? b : a;
+	*done = NN_STAGE_HIDDEN_RUN % 2 ? a : b;
 #if NN_STAGE_LAST
 	return bnn_output(m, *out);
 #else

@@ -13,7 +13,7 @@
 #ifndef XDPNN_VERTICAL_H
 #define XDPNN_VERTICAL_H
 
-#define NN_VBITS_MAX 11 /* planes for counts up to 1024 inputs (layout.vbits) */
+#define NN_VBITS_MAX 12 /* planes for counts up to 2048 inputs (layout.vbits) */
 
 /* The adder tree is one inline-assembly block per input word: BPF has 10
  * registers, and clang, left to schedule C, kept the planes in a stack
@@ -118,14 +118,15 @@ static __always_inline void ripple(struct nn_vstate *st, __u64 *hi, __u64 carry,
 	}
 }
 
-/* A hidden layer, vertically: for each group of 64 neurons, in_words * 64
+/* A hidden layer, vertically (its groups [g0, g1): a stage may hold part of
+ * it, stage.h): for each group of 64 neurons, in_words * 64
  * transposed weight words (input word k's bit p at k * 64 + p), then `bits`
  * planes of the limits U (m[t_off + g * bits + b] is bit b of the 64 limits).
  * Neuron fires iff mismatches < U; the loader derives U from the threshold,
  * and padding lanes have U = 0, so their bits stay 0. */
 static __always_inline void bnn_hidden_v(const __u64 *m, const __u64 *in, __u64 *out,
-					 const int n_in, const int in_words, const int n_out,
-					 const int w_off, const int t_off, const int bits)
+					 const int n_in, const int in_words, const int w_off,
+					 const int t_off, const int bits, const int g0, const int g1)
 {
 	/* A last word whose upper half is all padding (inputs 64k+32 ..
 	 * 64k+63, bits 32..63 as loaded) takes half a tree: its weight words
@@ -136,7 +137,7 @@ static __always_inline void bnn_hidden_v(const __u64 *m, const __u64 *in, __u64 
 	 * the verifier walks each iteration, a body of about 870
 	 * instructions, so its count stays linear in the weights. */
 #pragma clang loop unroll(disable)
-	for (int g = 0; g < (n_out + 63) / 64; g++) {
+	for (int g = g0; g < g1; g++) {
 		const __u64 *w = m + w_off + g * in_words * 64;
 		struct nn_vstate st = {};
 		__u64 c0 = 0, c1 = 0, c2 = 0, hi[NN_VBITS_MAX - 6] = {};

@@ -288,8 +288,8 @@ static __always_inline int stage_run(struct xdp_md *ctx, const struct nn_config 
 	struct nn_model_words *model = inner ? bpf_map_lookup_elem(inner, &zero) : NULL;
 	if (!model)
 		return verdict(c, forward(ctx, cfg));
-	__u64 *out;
-	__u32 cls = stage_layers(model->w, s->a, s->b, &out) & (NN_MAX_CLASSES - 1);
+	__u64 *out, *done;
+	__u32 cls = stage_layers(model->w, s->a, s->b, &out, &done) & (NN_MAX_CLASSES - 1);
 #if NN_STAGE_LAST
 	c->class_packets[cls]++;
 #ifdef NN_SERVE
@@ -307,7 +307,7 @@ static __always_inline int stage_run(struct xdp_md *ctx, const struct nn_config 
 	struct nn_stage_act *next = nn_stage.lookup(&slot);
 	if (!next)
 		return verdict(c, forward(ctx, cfg)); /* cannot happen: array entries exist */
-	stage_write(next, out);
+	stage_write(next, out, done);
 #if NN_STAGE_CARRY
 	int lost = stage_put(ctx, next);
 	if (lost >= 0) {
@@ -393,9 +393,9 @@ int xdpnn(struct xdp_md *ctx)
 	/* The packet's activations, through this CPU's entry. */
 	int refused = got ? stage_take(ctx, got) : NN_STAGE_BAD_DIGEST;
 	if (refused < 0 && got)
-		refused = stage_read(got, s->a);
+		refused = stage_read(got, s->a, s->b);
 #else
-	int refused = got ? stage_read(got, s->a) : NN_STAGE_BAD_DIGEST;
+	int refused = got ? stage_read(got, s->a, s->b) : NN_STAGE_BAD_DIGEST;
 #endif
 #if NN_STAGE_HOP
 	/* A hop has counters of its own: every frame gets an input result, as

@@ -155,11 +155,11 @@ struct nn_serve_counters {
 
 /* Stages (docs/partitioning.md): a model cut into programs of contiguous
  * layers that hand the activations on in a struct nn_stage_act.  Layers
- * are numbered 0 .. hidden layers, the last being the output layer. */
-#define NN_STAGE_MAX_WORDS 16 /* activations of up to 1024 neurons */
+ * are numbered 0 .. hidden layers, the last being the output layer; a cut
+ * may also fall inside a hidden layer, between groups of 64 neurons. */
+#define NN_STAGE_MAX_WORDS 32 /* activations of up to 2048 neurons */
 #define NN_STAGE_SLOTS 2      /* nn_stage entries: stage s reads s % 2, writes the other */
-#define NN_STAGE_MAX 5        /* at most one stage per layer */
-#define NN_STAGE_HEADER 16    /* digest, next_layer, bits: the front of a carrying frame */
+#define NN_STAGE_HEADER 16    /* digest, next_layer, next_group, bits: the front of a carrying frame */
 #define NN_STAGE_QSIZE 2048   /* frames a CPUMAP entry queues for its CPU */
 /* Hops: a carrying frame on the wire has an outer Ethernet header of this
  * EtherType (IEEE 802 local experimental 1) in front of the stage header. */
@@ -183,9 +183,13 @@ enum nn_stage_error {
  * (loader/stages.py digest()), read as a little-endian u64. */
 struct nn_stage_act {
 	__u64 digest;
-	__u32 next_layer;              /* the layer that takes these activations */
+	__u16 next_layer;              /* the layer that takes these activations */
+	__u16 next_group;              /* its first group of 64 neurons still to run (0: all) */
 	__u32 bits;                    /* activations: that layer's input count */
 	__u64 w[NN_STAGE_MAX_WORDS];   /* packed as the model's inputs (docs/model-format.md) */
+	/* next_group > 0: the layer's outputs of groups 0 .. next_group - 1,
+	 * packed as its output (on the wire right after the words in use). */
+	__u64 done[NN_STAGE_MAX_WORDS];
 };
 
 #endif

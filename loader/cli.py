@@ -278,7 +278,7 @@ def cmd_detach(args):
   sudo xdpnn status
   sudo xdpnn status -j""")
 def cmd_status(args):
-    from xdpnn.loader import datapath
+    from xdpnn.loader import datapath, stages
     recs = datapath.status()
     if not recs:
         return out(args, [], "nothing attached")
@@ -304,16 +304,14 @@ def cmd_status(args):
             lines.append(f"  model {k}: {m['shape']} {m['path']} (sha256 {m['sha256'][:12]}, "
                          f"prog id {m['prog_id']}, model map {m['model_map_id']}){by_port}")
         if r.get("stage") is not None:
-            a, b = r["stages"][r["stage"]]
             nxt = ("gives the class" if r["stage"] == len(r["stages"]) - 1
                    else f"on the wire to stage {r['stage'] + 1} out of {r['peer']}")
-            lines.append(f"  hop: stage {r['stage']} of {len(r['stages'])} (layers "
-                         f"{a}..{b - 1}), {nxt}")
+            lines.append(f"  hop: stage {r['stage']} of {len(r['stages'])} "
+                         f"({stages.describe([r['stages'][r['stage']]])}), {nxt}")
         elif r.get("stages"):
             how = (f"CPUMAP, stages 1.. on CPUs {','.join(map(str, r['cpus']))}"
                    if r.get("cpus") else "tail calls")
-            lines.append(f"  {len(r['stages'])} stages ({how}): "
-                         + " | ".join(f"layers {a}..{b - 1}" for a, b in r["stages"]))
+            lines.append(f"  {len(r['stages'])} stages ({how}): {stages.describe(r['stages'])}")
     out(args, recs, "\n".join(lines))
 
 
@@ -465,7 +463,7 @@ def cmd_set(args):
     arg("--port", type=PORT, help="request port (default: the model's)"),
 ])
 def cmd_predict(args):
-    from xdpnn.loader import datapath, testrun
+    from xdpnn.loader import datapath, stages, testrun
     model = datapath.load_model(args.model)
     if args.ebpf:
         return print_ebpf(model, record_input=True)
@@ -502,7 +500,7 @@ def cmd_predict(args):
                      f"{r['verdict']:<9}{'yes' if r['match'] else 'NO'}")
     if getattr(prog, "cuts", None):
         lines.append(f"(the model ran as {len(prog.cuts)} tail-call stages: "
-                     + " | ".join(f"layers {a}..{b - 1}" for a, b in prog.cuts) + ")")
+                     f"{stages.describe(prog.cuts)})")
     out(args, rows, "\n".join(lines))
     if not all(r["match"] for r in rows):
         raise errors.MismatchError("the kernel and the reference disagree on "
@@ -658,7 +656,7 @@ def cmd_verify(args):
     def progress(done, total):
         if not args.json and sys.stderr.isatty():
             print(f"\r  {done}/{total} inputs", end="", file=sys.stderr, flush=True)
-    from xdpnn.loader import plan
+    from xdpnn.loader import plan, stages
     cuts = plan.load(args.plan, model) if args.plan else plan.auto_cuts(model)
     res = testrun.verify(model, args.samples, seed=args.seed, progress=progress, oracle=oracle,
                          cuts=cuts if cuts and len(cuts) > 1 else None)
@@ -671,8 +669,8 @@ def cmd_verify(args):
             f"({res['classes_seen']} classes seen, {res['verified_insns']} instructions "
             f"verified, {res['seconds']} s)")
     if res.get("stages"):
-        text += "\n  stages: " + " | ".join(f"layers {a}..{b - 1} ({s['verified_insns']} insns)"
-                                           for s in res["stages"] for a, b in [s["layers"]])
+        text += "\n  stages: " + " | ".join(f"{stages.describe([s['layers']])} "
+                                           f"({s['verified_insns']} insns)" for s in res["stages"])
     for ex in res["examples"]:
         text += f"\n  input {ex['index']}: kernel {ex['kernel']}, {against} {ex['reference']}"
     out(args, res, text)
@@ -694,14 +692,18 @@ def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_
   xdpnn plan --model lfc.npz --stages 3
   xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json
   sudo xdpnn plan --model lfc.npz --stages 4 --measure -j      layer costs from test runs
+  xdpnn plan --model m.npz --stages 2 --split           cuts may fall inside a layer
   xdpnn plan --model lfc.npz --stages 3 --out lfc-plan.json \\
       --hop hop0:a0:a1 --hop hop1:b0:b1 --hop hop2:c0:c1       a hop per stage (then deploy)
   xdpnn plan --model m.npz --stages 2 --at :veth0 --cpus 1 --out p.json
                                                      one interface, stage 1 on CPU 1""",
          root=False, options=[
     arg("--model", required=True, metavar="FILE"),
-    arg("--stages", type=int_in(1, 5), required=True, metavar="N",
-        help="number of stages, at most one per layer"),
+    arg("--stages", type=int_in(1, 16), required=True, metavar="N",
+        help="number of stages, at most one per layer (with --split, per 64 neurons)"),
+    arg("--split", action="store_true",
+        help="let cuts fall inside a hidden layer, between groups of 64 neurons (a stage "
+             "that ends inside a layer hands on its input and the neurons done)"),
     arg("--measure", action="store_true",
         help="time each layer with test runs (root, compiles one stage per layer) instead "
              "of predicting it from the cost model"),
@@ -719,25 +721,28 @@ def random_model_or_error(shape: str, seed: int, mode: str, port: int = DEFAULT_
         help="with --at: stages 1, 2, ... on these CPUs (as `attach --cpus`)"),
 ])
 def cmd_plan(args):
-    from xdpnn.loader import datapath, deploy, plan
+    from xdpnn.loader import datapath, deploy, plan, stages
     model = datapath.load_model(args.model)
     if args.measure and os.geteuid() != 0:
         raise errors.PrivilegeError("plan --measure: test runs need root (sudo)")
-    if args.stages > len(model.sizes) - 1:
-        raise UsageError(f"--stages {args.stages}: model {model.shape} has "
-                         f"{len(model.sizes) - 1} layers, at most one stage each")
-    p = plan.make(model, args.model, args.stages, measured=args.measure, mtu=args.mtu)
+    n_units = len(plan.units(model.sizes, *plan.predicted_layers(model.sizes), args.split)[0])
+    if args.stages > n_units:
+        raise UsageError(f"--stages {args.stages}: model {model.shape} has {n_units} "
+                         + ("groups of 64 neurons and layers" if args.split else "layers")
+                         + ", at most one stage each")
+    p = plan.make(model, args.model, args.stages, measured=args.measure, mtu=args.mtu,
+                  split=args.split)
     plan.place(p, args.hop, args.at, args.cpus)
     if args.out:
         plan.save(p, args.out)
     lines = [f"plan for {model.shape}: {args.stages} stages, {p['costs']} costs"]
     for r in p["stages"]:
-        a, b = r["layers"]
         act = (f", {r['activation_bytes']} bytes to the next" + ("" if r["fits_mtu"] else
                                                                  f" (over MTU {args.mtu})")
                if r["activation_bytes"] else "")
         at = f", at {deploy.where(r)}" if "iface" in r else ""
-        lines.append(f"  stage {r['stage']}: layers {a}..{b - 1}, {r['ns']:.0f} ns, "
+        lines.append(f"  stage {r['stage']}: {stages.describe([plan.row_cut(r)])}, "
+                     f"{r['ns']:.0f} ns, "
                      f"{r['verified_insns']:,} predicted insns{act}{at}")
     t = p["throughput_pps"]
     lines.append(f"  slowest stage {p['slowest_ns']:.0f} ns: {t['pipelined']:,} packets/s with a "

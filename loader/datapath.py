@@ -268,7 +268,7 @@ def _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve, cut
               "actions": dict(zip(model.classes, acts)), "prog_id": 2**32 - 1,
               "attached_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if cuts:
-        record["stages"] = [list(c) for c in cuts]
+        record["stages"] = [c.as_list() for c in cuts]
     if cpus:
         record["cpus"] = cpus
     if stage is not None:

@@ -58,7 +58,7 @@ def deploy(plan_path: str, model_path: str | None = None, actions=()) -> dict:
         _undo(done)         # when the failed attach's own undo already ran)
         raise
     return {"plan": os.path.abspath(plan_path), "model": os.path.abspath(model_path),
-            "chain": p["placement"]["chain"], "stages": [list(c) for c in cuts],
+            "chain": p["placement"]["chain"], "stages": [c.as_list() for c in cuts],
             "attached": [{**t, "where": where(t)} for t in todo]}
 
 

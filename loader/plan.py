@@ -5,7 +5,9 @@ The cut is exact: a dynamic program over layer boundaries finds the cut
 into N stages whose slowest stage is as fast as possible (min-max), among
 the cuts where every stage stays within the verifier budget.  Layer costs
 are the cost model's predictions (loader/cost.py) or test-run timings of
-one stage per layer (measure()).
+one stage per layer (measure()).  With split, the boundaries are those
+between groups of 64 neurons of a hidden layer too (units()), each group
+costing its share of its layer.
 """
 from __future__ import annotations
 
@@ -91,19 +93,50 @@ def predicted_layers(sizes: list[int], methods=None) -> tuple[list[float], list[
     return ns, insns
 
 
-def auto_cuts(model: Model, methods=None) -> list[tuple[int, int]] | None:
+def units(sizes: list[int], ns: list[float], insns: list[float], split: bool,
+          multibit: bool = False) -> tuple[list[tuple[int, int]], list[float], list[float]]:
+    """What a cut can fall between: whole layers, or (split) the groups of
+    stages.GROUP neurons of each hidden layer but a multi-bit first one,
+    as (layer, first neuron), with each unit's share of its layer's ns and
+    instructions (in proportion to its neurons; a vertical layer pays for
+    whole groups, which the last one's share slightly under-counts)."""
+    out, u_ns, u_insns = [], [], []
+    for l, (c, i) in enumerate(zip(ns, insns)):
+        n_out = sizes[l + 1]
+        if not split or l == len(ns) - 1 or (l == 0 and multibit) or n_out <= stages.GROUP:
+            out.append((l, 0)), u_ns.append(c), u_insns.append(i)
+            continue
+        for start in range(0, n_out, stages.GROUP):
+            share = (min(n_out, start + stages.GROUP) - start) / n_out
+            out.append((l, start)), u_ns.append(c * share), u_insns.append(i * share)
+    return out, u_ns, u_insns
+
+
+def cut_units(sizes: list[int], ns: list[float], insns: list[float], n: int,
+              split: bool, multibit: bool = False) -> tuple[float, list[stages.Cut]]:
+    """min_max_cut over units(), as stage cuts; ValueError when none fits."""
+    where, u_ns, u_insns = units(sizes, ns, insns, split, multibit)
+    slowest, parts = min_max_cut(u_ns, n, u_insns, BUDGET)
+    point = where + [(len(ns), 0)]
+    return slowest, [stages.Cut(point[a][0], point[b][0], point[a][1], point[b][1])
+                     for a, b in parts]
+
+
+def auto_cuts(model: Model, methods=None) -> list[stages.Cut] | None:
     """None when one program is within BUDGET; else the fewest stages that
-    are, cut for the fastest slowest stage."""
+    are, cut for the fastest slowest stage: at layer boundaries where that
+    can be, else inside layers too."""
     ns, insns = predicted_layers(model.sizes, methods)
     if sum(insns) <= BUDGET:
         return None
-    for n in range(2, len(ns) + 1):
-        try:
-            return min_max_cut(ns, n, insns, BUDGET)[1]
-        except ValueError:
-            continue
-    raise ModelFileError(f"model {model.shape}: a layer alone needs more than {BUDGET:,} "
-                         "predicted verifier instructions; stages cannot split a layer "
+    for split in (False, True):
+        for n in range(2, len(units(model.sizes, ns, insns, split)[0]) + 1):
+            try:
+                return cut_units(model.sizes, ns, insns, n, split, model.input_bits > 1)[1]
+            except ValueError:
+                continue
+    raise ModelFileError(f"model {model.shape}: a group of {stages.GROUP} neurons alone needs "
+                         f"more than {BUDGET:,} predicted verifier instructions "
                          "(docs/partitioning.md)")
 
 
@@ -155,36 +188,43 @@ def rates(stage_ns: list[float], path_ns: float = PATH_NS, handoff_ns: float = H
             "path_ns": path_ns, "handoff_ns": handoff_ns, "next_ns": next_ns}
 
 
-def frame_bytes(model: Model, bits: int) -> int:
-    """Bytes of a frame carrying bits activations from a stage to the next:
-    the request (its headers and input bytes; a headers-mode model's packet
-    may be longer) and, in front, the stage header and words."""
+def frame_bytes(model: Model, bits: int, done: int = 0) -> int:
+    """Bytes of a frame carrying bits activations (and done neurons of a
+    layer cut inside) from a stage to the next: the request (its headers
+    and input bytes; a headers-mode model's packet may be longer) and, in
+    front, the stage header and words."""
     payload = (model.raw_bits + 7) // 8 if model.mode == "payload" else 0
-    return REQUEST_HEADERS + payload + stages.carried(bits)
+    return REQUEST_HEADERS + payload + stages.carried(bits, done=done)
 
 
 def make(model: Model, path: str | None, n: int, measured: bool = False, mtu: int = 1500,
-         methods=None) -> dict:
-    """The plan: n stages cut for the fastest slowest stage."""
+         methods=None, split: bool = False) -> dict:
+    """The plan: n stages cut for the fastest slowest stage; split: cuts
+    may fall inside hidden layers."""
     ns, insns = predicted_layers(model.sizes, methods)
     costs = measure(model) if measured else ns
     try:
-        slowest, cuts = min_max_cut(costs, n, insns, BUDGET)
+        slowest, cuts = cut_units(model.sizes, costs, insns, n, split, model.input_bits > 1)
     except ValueError as e:
         raise UsageError(f"--stages {n}: model {model.shape}: {e}") from None
+    where, u_costs, u_insns = units(model.sizes, costs, insns, split, model.input_bits > 1)
+    start = {p: k for k, p in enumerate(where + [(len(ns), 0)])}
     rows = []
-    for s, (a, b) in enumerate(cuts):
-        out_bits = model.sizes[b] if b < len(ns) else 0
-        act = frame_bytes(model, out_bits) if out_bits else 0
-        rows.append({"stage": s, "layers": [a, b], "ns": round(sum(costs[a:b]), 1),
-                     "verified_insns": round(sum(insns[a:b])), "activation_bytes": act,
+    for s, c in enumerate(cuts):
+        a, b = start[c.first, c.first_neuron], start[c.end, c.end_neuron]
+        out_bits = model.sizes[c.end] if c.end < len(ns) else 0
+        act = frame_bytes(model, out_bits, c.end_neuron) if out_bits else 0
+        rows.append({"stage": s, "layers": [c.first, c.end],
+                     **({"neurons": [c.first_neuron, c.end_neuron]} if c.split else {}),
+                     "ns": round(sum(u_costs[a:b]), 1),
+                     "verified_insns": round(sum(u_insns[a:b])), "activation_bytes": act,
                      # the frame less its Ethernet header is what an MTU limits
                      "fits_mtu": act - 14 <= mtu})
     total = sum(costs)
     return {"format": FORMAT, "version": 1,
             "model": {"path": os.path.abspath(path) if path else None, "sha256": model.sha256,
                       "shape": model.shape},
-            "costs": "measured" if measured else "predicted", "mtu": mtu,
+            "costs": "measured" if measured else "predicted", "mtu": mtu, "split": split,
             "stages": rows, "slowest_ns": round(slowest, 1), "total_ns": round(total, 1),
             # One CPU per stage (pipelined) against the whole chain on one CPU.
             "throughput_pps": rates([r["ns"] for r in rows]),
@@ -212,14 +252,23 @@ def read(path: str) -> dict:
     return plan
 
 
-def load(path: str, model: Model) -> list[tuple[int, int]]:
+def load(path: str, model: Model) -> list[stages.Cut]:
     """The cuts of a plan file, checked against the model it is used with."""
     plan = read(path)
     shape = (plan.get("model") or {}).get("shape")
     if shape != model.shape:
         raise UsageError(f"--plan {path}: made for model {shape}, this model is {model.shape}")
-    cuts = [r.get("layers") if isinstance(r, dict) else None for r in plan["stages"]]
-    return stages.check_cuts(model.sizes, cuts, f"--plan {path}")
+    return stages.check_cuts(model.sizes, [row_cut(r) for r in plan["stages"]], f"--plan {path}")
+
+
+def row_cut(row) -> list | None:
+    """A plan row's [first, end] (+ [first_neuron, end_neuron]), unchecked."""
+    if not isinstance(row, dict):
+        return None
+    layers, neurons = row.get("layers"), row.get("neurons", [])
+    if not isinstance(layers, list) or not isinstance(neurons, list):
+        return None
+    return layers + neurons
 
 
 # --- placement: where each stage runs (`plan --hop/--at`, `deploy`) -------------

@@ -16,6 +16,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from xdpnn.bpf.shared import DEFINES, ENUMS, python_names
@@ -34,7 +35,7 @@ ETHERTYPE = DEFINES["NN_STAGE_ETHERTYPE"]  # of a carrying frame between hops
 OUTER = DEFINES["NN_STAGE_OUTER"]          # its outer Ethernet header
 SLOTS = DEFINES["NN_STAGE_SLOTS"]
 MAX_WORDS = DEFINES["NN_STAGE_MAX_WORDS"]
-ACT_BYTES = 16 + 8 * MAX_WORDS  # struct nn_stage_act
+GROUP = 64  # a cut inside a layer falls between groups of this many neurons
 
 
 def digest(model: Model) -> int:
@@ -56,25 +57,73 @@ def layers(model_or_sizes) -> int:
     return len(getattr(model_or_sizes, "sizes", model_or_sizes)) - 1
 
 
-def check_cuts(sizes: list[int], cuts: list[list[int]], what: str) -> list[tuple[int, int]]:
-    """cuts: [first, end) layer ranges, contiguous from 0 to the output layer."""
-    n = layers(sizes)
-    ok = (isinstance(cuts, list) and cuts and all(
-        isinstance(c, (list, tuple)) and len(c) == 2 and all(type(x) is int for x in c)
+class Cut(NamedTuple):
+    """One stage's share of a model: from neuron first_neuron of layer first
+    up to, not including, neuron end_neuron of layer end.  Neuron 0 is the
+    layer's start, so Cut(a, b) is the whole layers a .. b-1; a neuron
+    other than 0 (a multiple of GROUP) cuts inside a hidden layer."""
+    first: int
+    end: int
+    first_neuron: int = 0
+    end_neuron: int = 0
+
+    @property
+    def split(self) -> bool:
+        return bool(self.first_neuron or self.end_neuron)
+
+    def as_list(self) -> list[int]:
+        """As plan files and attach records hold it: [first, end], and the
+        neurons only where the cut falls inside a layer."""
+        return list(self) if self.split else [self.first, self.end]
+
+    def describe(self) -> str:
+        """layers 0..1; with a cut inside a layer, its neurons as [from:to]."""
+        if not self.split:
+            return f"layers {self.first}..{self.end - 1}"
+        first = f"{self.first}[{self.first_neuron}:]" if self.first_neuron else f"{self.first}"
+        if self.first == self.end:
+            return f"layer {self.first}[{self.first_neuron}:{self.end_neuron}]"
+        last = f"{self.end}[:{self.end_neuron}]" if self.end_neuron else f"{self.end - 1}"
+        return f"layers {first}..{last}"
+
+
+def describe(cuts) -> str:
+    return " | ".join(Cut(*c).describe() for c in cuts)
+
+
+def check_cuts(sizes: list[int], cuts: list[list[int]], what: str) -> list[Cut]:
+    """cuts: [first, end] layer ranges, or [first, end, first_neuron,
+    end_neuron] where a cut falls inside a hidden layer, contiguous from 0
+    to the output layer."""
+    n, given = layers(sizes), cuts
+    ok = (isinstance(cuts, (list, tuple)) and cuts and all(
+        isinstance(c, (list, tuple)) and len(c) in (2, 4) and all(type(x) is int for x in c)
         for c in cuts))
     if ok:
-        ok = (cuts[0][0] == 0 and cuts[-1][1] == n
-              and all(a < b for a, b in cuts) and all(p[1] == q[0] for p, q in zip(cuts, cuts[1:])))
+        cuts = [Cut(*c) for c in cuts]
+        starts = [(c.first, c.first_neuron) for c in cuts]
+        ends = [(c.end, c.end_neuron) for c in cuts]
+        ok = (starts[0] == (0, 0) and ends[-1] == (n, 0)
+              and all(a < b for a, b in zip(starts, ends)) and starts[1:] == ends[:-1])
     if not ok:
-        raise UsageError(f"{what}: stages must be [first, end) layer ranges that run "
-                         f"contiguously from 0 to {n} (the output layer is {n - 1}), got {cuts!r}")
-    return [tuple(c) for c in cuts]
+        raise UsageError(f"{what}: stages must be [first, end] layer ranges (or [first, end, "
+                         f"first_neuron, end_neuron] to cut inside a layer) that run "
+                         f"contiguously from 0 to {n} (the output layer is {n - 1}), got {given!r}")
+    for layer, neuron in ends[:-1]:
+        if neuron and not (layer < n - 1 and neuron % GROUP == 0 and neuron < sizes[layer + 1]):
+            raise UsageError(f"{what}: a cut inside a layer falls inside a hidden layer, at a "
+                             f"multiple of {GROUP} neurons: layer {layer} neuron {neuron} is not "
+                             f"one ({describe(cuts)})")
+    return cuts
 
 
-def flags(model: Model, stage: int, first: int, end: int, carry: bool = False,
+def flags(model: Model, stage: int, cut: Cut, carry: bool = False,
           next_cpu: int | None = None, hop: bool = False) -> tuple[str, ...]:
-    out = (f"NN_STAGE={stage}", f"NN_STAGE_FIRST={first}", f"NN_STAGE_END={end}",
+    out = (f"NN_STAGE={stage}", f"NN_STAGE_FIRST={cut.first}", f"NN_STAGE_END={cut.end}",
            f"NN_STAGE_DIGEST={digest(model):#x}ULL")
+    if cut.split:  # groups of GROUP neurons (bpf/stage.h)
+        out += (f"NN_STAGE_FIRST_G={cut.first_neuron // GROUP}",
+                f"NN_STAGE_END_G={cut.end_neuron // GROUP}")
     if carry or hop:
         out += ("NN_STAGE_CARRY=1",)
     if hop:
@@ -85,10 +134,11 @@ def flags(model: Model, stage: int, first: int, end: int, carry: bool = False,
     return out
 
 
-def carried(bits: int, hop: bool = False) -> int:
-    """Bytes a frame grows by to carry bits activations (header, words; on
-    the wire between hops, the outer Ethernet header too)."""
-    return (OUTER if hop else 0) + HEADER + 8 * ((bits + 63) // 64)
+def carried(bits: int, hop: bool = False, done: int = 0) -> int:
+    """Bytes a frame grows by to carry bits activations (header, words, and
+    the words of the done neurons of a layer cut inside; on the wire
+    between hops, the outer Ethernet header too)."""
+    return (OUTER if hop else 0) + HEADER + 8 * ((bits + 63) // 64) + 8 * (done // GROUP)
 
 
 def build_hop(model: Model, cuts, stage: int, record_input: bool = False) -> compile.Program:
@@ -102,11 +152,19 @@ def build_hop(model: Model, cuts, stage: int, record_input: bool = False) -> com
     if model.mode not in ("payload", "headers"):
         raise UsageError(f"model {model.shape}: stages run payload and headers models "
                          f"({model.mode} mode is one program)")
-    first, end = cuts[stage]
+    check_split(model, cuts)
     return compile.build(model, record_input=record_input,
-                         defines=flags(model, stage, first, end, hop=True),
+                         defines=flags(model, stage, cuts[stage], hop=True),
                          extra_maps=("nn_stage", "nn_stage_err"),
-                         what=f"model {model.shape} hop stage {stage} (layers {first}..{end - 1})")
+                         what=f"model {model.shape} hop stage {stage} ({cuts[stage].describe()})")
+
+
+def check_split(model: Model, cuts: list[Cut]) -> None:
+    """A multi-bit first layer (bpf/bnn_multibit.h) runs whole."""
+    if model.input_bits > 1 and any(c.first == 0 and c.first_neuron or c.end == 0 and c.end_neuron
+                                    for c in cuts):
+        raise UsageError(f"model {model.shape}: its first layer takes {model.input_bits}-bit "
+                         f"inputs and runs whole in one stage ({describe(cuts)})")
 
 
 def check_cpus(cpus, n_stages: int) -> list[int]:
@@ -138,7 +196,7 @@ class Staged:
     """The stages of one model, loaded and chained; stage 0 first.  Looks
     like a compile.Program (prog_fd, maps: stage 0's) to test runs."""
     stages: list[compile.Program]
-    cuts: list[tuple[int, int]]
+    cuts: list[Cut]
     model: Model = field(init=False)
 
     def __post_init__(self):
@@ -186,21 +244,22 @@ def build(model: Model, cuts, pin_dir: str, record_input: bool = False, methods=
     if serve and (carry or cpus):
         raise UsageError(f"model {model.shape}: served stages chain by tail calls: the last "
                          "stage replies with XDP_TX, which a CPUMAP program cannot")
+    check_split(model, cuts)
     shared = SHARED + (SERVE_SHARED if serve else ())
     if not re.fullmatch(r"[\w./@+-]+", pin_dir):
         raise UsageError(f"{pin_dir}: a stage pin folder of letters, digits and ._@+-/ only")
     built: list[compile.Program] = []
     try:
-        for s, (first, end) in enumerate(cuts):
+        for s, cut in enumerate(cuts):
             last = s == len(cuts) - 1
             nxt = "nn_cpus" if cpus else "nn_next"
             extra = (() if last else (nxt,)) + (("nn_stage", "nn_stage_err") if s == 0
                                                 else ())
             if s == 0 and serve:
                 extra += SERVE_SHARED
-            f = flags(model, s, first, end, carry or bool(cpus),
+            f = flags(model, s, cut, carry or bool(cpus),
                       cpus[s] if cpus and not last else None) + (("NN_SERVE",) if serve else ())
-            what = f"model {model.shape} stage {s} (layers {first}..{end - 1})"
+            what = f"model {model.shape} stage {s} ({cut.describe()})"
             if s == 0:
                 p = compile.build(model, record_input=record_input,
                                   defines=f, methods=methods,
@@ -263,11 +322,15 @@ def read_errors(fd: int) -> dict[str, int]:
 
 
 def write_act(fd: int, slot: int, digest_value: int, next_layer: int, bits: int,
-              words: np.ndarray | None = None) -> None:
-    """Writes one nn_stage entry on every CPU (tests, --measure)."""
-    w = np.zeros(MAX_WORDS, "<u8")
+              words: np.ndarray | None = None, next_group: int = 0,
+              done: np.ndarray | None = None) -> None:
+    """Writes one nn_stage entry (struct nn_stage_act) on every CPU (tests,
+    --measure)."""
+    w = np.zeros(2 * MAX_WORDS, "<u8")
     if words is not None:
         w[:len(words)] = words
-    value = (digest_value.to_bytes(8, "little") + next_layer.to_bytes(4, "little")
-             + bits.to_bytes(4, "little") + w.tobytes())
+    if done is not None:
+        w[MAX_WORDS:MAX_WORDS + len(done)] = done
+    value = (digest_value.to_bytes(8, "little") + next_layer.to_bytes(2, "little")
+             + next_group.to_bytes(2, "little") + bits.to_bytes(4, "little") + w.tobytes())
     bpf_sys.map_update(fd, slot, value * bpf_sys.possible_cpus(), "nn_stage")

@@ -158,7 +158,7 @@ def verify(model: Model, samples: int, seed: int = 0, progress=None, methods=Non
             "classes_seen": int(len(np.unique(want))),
             "verified_insns": sum(i.verified_insns for i in infos),
             "xlated_insns": sum(i.xlated_prog_len for i in infos) // 8,
-            "stages": [{"layers": list(c), "verified_insns": i.verified_insns}
+            "stages": [{"layers": c.as_list(), "verified_insns": i.verified_insns}
                        for c, i in zip(getattr(prog, "cuts", []), infos)],
             "ns_per_input": ns,
             "methods": "".join(prog.methods),

@@ -34,14 +34,21 @@ def classes(built):
     return compile.read_counters(built.maps["nn_counters"])["class_packets"].copy()
 
 
+WIDE = [100, 200, 130, 5]
+
+
 @pytest.mark.root
-@pytest.mark.parametrize("cuts", [[(0, 2), (2, 5)], [(0, 1), (1, 3), (3, 4), (4, 5)]],
-                         ids=["0-2|2-5", "0-1|1-3|3-4|4-5"])
-def test_carried_activations_bit_exact(cuts):
+@pytest.mark.parametrize("sizes,cuts", [
+    (SMALL, [(0, 2), (2, 5)]), (SMALL, [(0, 1), (1, 3), (3, 4), (4, 5)]),
+    # cuts inside layers: the done neurons ride behind the layer's input
+    (WIDE, [(0, 0, 0, 192), (0, 1, 192, 64), (1, 1, 64, 128), (1, 3, 128, 0)])],
+    ids=["0-2|2-5", "0-1|1-3|3-4|4-5", "split"])
+def test_carried_activations_bit_exact(sizes, cuts):
     """Stage s's output frame is stage s+1's input: the frame grows by the
     header and words the docs give, the last stage gives the reference's
     class and returns the frame as it came, on 2,000 requests."""
-    m = random_model(SMALL, seed=5)
+    m = random_model(sizes, seed=5)
+    cuts = [stages.Cut(*c) for c in cuts]
     built = stages.build_unpinned(m, cuts, link=False, carry=True)
     try:
         bits, reqs = frames(m, 2000, seed=1)
@@ -51,10 +58,11 @@ def test_carried_activations_bit_exact(cuts):
             frame = f
             for s, p in enumerate(built.stages[:-1]):
                 verdict, _, frame = bpf_sys.test_run(p.prog_fd, frame)
-                nxt = cuts[s][1]
-                assert len(frame) == len(f) + stages.carried(m.sizes[nxt])
-                assert frame[:16] == struct.pack("<QII", d, nxt, m.sizes[nxt])
-                assert frame[stages.carried(m.sizes[nxt]):] == f
+                nxt, done = cuts[s].end, cuts[s].end_neuron
+                grew = stages.carried(m.sizes[nxt], done=done)
+                assert len(frame) == len(f) + grew
+                assert frame[:16] == struct.pack("<QHHI", d, nxt, done // 64, m.sizes[nxt])
+                assert frame[grew:] == f
             before = classes(built)
             verdict, _, out = bpf_sys.test_run(built.stages[-1].prog_fd, frame)
             got = classes(built) - before
@@ -84,18 +92,20 @@ def test_carried_refusals_and_counters():
         h = rng.integers(0, 2, 40, dtype=np.uint8)  # the last hidden layer's activations
         words = layout.pack_rows(h[None, :]).ravel().astype("<u8").tobytes()
 
-        def carrying(dig, layer, nbits, w=words):
-            return struct.pack("<QII", dig, layer, nbits) + w + req
+        def carrying(dig, layer, nbits, w=words, group=0):
+            return struct.pack("<QHHI", dig, layer, group, nbits) + w + req
 
         want = {k: 0 for k in stages.ERRORS}
         crafted = {"bad_digest": carrying(d ^ 1, 2, 40), "bad_layer": carrying(d, 1, 40),
                    "bad_bits": carrying(d, 2, 41),
+                   # the layer's neurons from group 1 on: another stage's share
+                   "bad_layer ": carrying(d, 2, 40, words + words, group=1),
                    # a header that says 40 activations (8 bytes) before 2 bytes of frame
                    "truncated": struct.pack("<QII", d, 2, 40) + words[:2]}
         for reason, frame in crafted.items():
             verdict, _, _ = bpf_sys.test_run(stage1, frame)
             assert maps.VERDICTS[verdict] == "drop", reason
-            want[reason] += 1
+            want[reason.strip()] += 1
             assert stages.read_errors(err) == want
         # too short for a header and an Ethernet header
         verdict, _, _ = bpf_sys.test_run(stage1, b"\0" * 20)

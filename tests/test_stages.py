@@ -19,6 +19,7 @@ from xdpnn.trainer.model import DEFAULT_PORT, random_model
 
 SMALL = [64, 48, 40, 36, 33, 5]  # 4 hidden layers: boundaries 1..4
 LFC = [784, 1024, 1024, 1024, 10]
+WIDEST = [1024, 2048, 2048, 10]
 
 
 # --- the planner (pure Python) ------------------------------------------------
@@ -68,9 +69,49 @@ def test_min_max_cut_random_lists_and_budget():
 def test_auto_cuts():
     assert plan.auto_cuts(random_model(SMALL)) is None  # one program is enough
     cuts = plan.auto_cuts(random_model(LFC))
-    assert cuts == [(0, 2), (2, 4)]
+    assert cuts == [stages.Cut(0, 2), stages.Cut(2, 4)]  # whole layers where they fit
     _, insns = plan.predicted_layers(LFC)
-    assert all(sum(insns[a:b]) <= plan.BUDGET for a, b in cuts)
+    assert all(sum(insns[a:b]) <= plan.BUDGET for a, b, _, _ in cuts)
+    # A 2048x2048 layer is over one program's budget alone: cut inside it.
+    cuts = plan.auto_cuts(random_model(WIDEST))
+    assert cuts == [stages.Cut(0, 1), stages.Cut(1, 1, 0, 1024), stages.Cut(1, 3, 1024, 0)]
+
+
+def test_split_units_and_cuts():
+    """With split, a cut falls between groups of 64 neurons: each group
+    costs its share of its layer, and the slowest stage gets faster."""
+    sizes = [784, 256, 256, 10]
+    ns, insns = plan.predicted_layers(sizes)
+    where, u_ns, _ = plan.units(sizes, ns, insns, split=True)
+    assert where == [(0, 0), (0, 64), (0, 128), (0, 192), (1, 0), (1, 64), (1, 128), (1, 192),
+                     (2, 0)]
+    assert sum(u_ns) == pytest.approx(sum(ns))
+    whole, _ = plan.cut_units(sizes, ns, insns, 2, split=False)
+    best, cuts = plan.cut_units(sizes, ns, insns, 2, split=True)
+    assert cuts[0].end == 0 and cuts[0].end_neuron > 0  # inside layer 0, 74 % of the work
+    # within a group's cost of half the model, which whole layers are far from
+    assert best - sum(ns) / 2 <= max(u_ns) and best < 0.8 * whole
+    assert best == pytest.approx(max(
+        sum(u_ns[:where.index((0, cuts[0].end_neuron))]),
+        sum(u_ns[where.index((0, cuts[0].end_neuron)):])))
+    # Layers of at most 64 neurons, a multi-bit first layer and the output
+    # layer stay whole.
+    assert plan.units([64, 64, 100, 5], [1, 1, 1], [1, 1, 1], True)[0] == [(0, 0), (1, 0),
+                                                                             (1, 64), (2, 0)]
+    assert plan.units([64, 100, 5], [1, 1], [1, 1], True, multibit=True)[0] == [(0, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("cuts,why", [
+    ([[0, 0, 0, 100], [0, 3, 100, 0]], "multiple of 64"),     # not between groups
+    ([[0, 0, 0, 256], [0, 3, 256, 0]], "multiple of 64"),     # past the layer's neurons
+    ([[0, 2, 0, 64], [2, 3, 64, 0]], "multiple of 64"),       # inside the output layer
+    ([[0, 0, 0, 64], [0, 3, 128, 0]], "contiguously"),        # a gap
+    ([[0, 0, 0, 64], [0, 0, 64, 64], [0, 3, 64, 0]], "contiguously"),  # an empty stage
+    ([[0, 1, 0], [1, 3]], "contiguously"),                    # three numbers
+])
+def test_split_cuts_checked(cuts, why):
+    with pytest.raises(UsageError, match=why):
+        stages.check_cuts([784, 256, 256, 10], cuts, "test")
 
 
 def test_plan_file_round_trip(tmp_path):
@@ -78,7 +119,7 @@ def test_plan_file_round_trip(tmp_path):
     p = plan.make(m, None, 4, mtu=150)
     path = tmp_path / "plan.json"
     plan.save(p, path)
-    assert plan.load(path, m) == [tuple(r["layers"]) for r in p["stages"]]
+    assert plan.load(path, m) == [stages.Cut(*r["layers"]) for r in p["stages"]]
     assert [r["fits_mtu"] for r in p["stages"]] == [False, False, False, True]
     t = p["throughput_pps"]
     assert t["compute_only"]["pipelined"] == round(1e9 / p["slowest_ns"])
@@ -110,6 +151,18 @@ def test_plan_command(tmp_path):
     assert len(p["stages"]) == 3 and json.loads((tmp_path / "p.json").read_text()) == p
     r = cli.xdpnn("plan", "--model", tmp_path / "m.npz", "--stages", "6", check=False)
     assert r.returncode == 2 and "--stages 6" in r.stderr
+    # --split: cuts inside layers, in the plan file and in what plan prints.
+    random_model([784, 256, 256, 10], seed=2).save(tmp_path / "w.npz")
+    r = cli.xdpnn("plan", "--model", tmp_path / "w.npz", "--stages", "2", "--split", "--out",
+                  tmp_path / "s.json", check=True)
+    p = plan.read(str(tmp_path / "s.json"))
+    first, second = p["stages"]
+    assert first["layers"] == [0, 0] and first["neurons"][0] == 0 and p["split"]
+    assert second["layers"] == [0, 3] and second["neurons"] == [first["neurons"][1], 0]
+    n = first["neurons"][1]
+    assert f"stage 0: layer 0[0:{n}]," in r.stdout and f"stage 1: layers 0[{n}:]..2," in r.stdout
+    # the frame between them carries layer 0's input and the neurons done
+    assert first["activation_bytes"] == 14 + 20 + 8 + 98 + 16 + 8 * 13 + n // 8
 
 
 def test_digest_names_sizes_and_weights():
@@ -123,6 +176,38 @@ def test_digest_names_sizes_and_weights():
 
 
 # --- stages in the kernel --------------------------------------------------------
+
+# Cuts inside layers (--split) of a model with wide layers: the first stage
+# ends inside layer 0; stages that begin inside a layer, end inside one,
+# or hold the middle of one; a last group of 8 neurons (192..199).
+WIDE = [100, 200, 130, 5]
+SPLIT_CUTS = [[(0, 0, 0, 64), (0, 1, 64, 128), (1, 3, 128, 0)],
+              [(0, 0, 0, 192), (0, 1, 192, 64), (1, 1, 64, 128), (1, 3, 128, 0)]]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("methods", ["hv", "vh"])
+@pytest.mark.parametrize("cuts", SPLIT_CUTS, ids=["3 stages", "4 stages"])
+def test_split_stages_bit_exact(cuts, methods):
+    """Stages that split layers between groups of 64 neurons give the
+    reference's class, for horizontal and vertical layers."""
+    m = random_model(WIDE, seed=7)
+    res = testrun.verify(m, 2000, seed=4, methods=methods, cuts=cuts)
+    assert res["mismatches"] == 0, res["examples"]
+    assert res["classes_seen"] >= 3 and res["methods"] == methods
+    assert [s["layers"] for s in res["stages"]] == [list(c) for c in cuts]
+
+
+@pytest.mark.root
+def test_widest_layers_bit_exact_through_split_stages():
+    """1024-2048-2048-10: the 2048x2048 layer is cut in two (plan.auto_cuts)."""
+    m = random_model(WIDEST, seed=1)
+    res = testrun.verify(m, 2000, seed=2, cuts=plan.auto_cuts(m))
+    assert res["mismatches"] == 0, res["examples"]
+    assert res["classes_seen"] >= 5
+    assert [s["layers"] for s in res["stages"]] == [[0, 1], [1, 1, 0, 1024], [1, 3, 1024, 0]]
+    assert all(s["verified_insns"] < 1_000_000 for s in res["stages"])
+
 
 EVERY_CUT = [[(0, 5)]] + [[(0, k), (k, 5)] for k in range(1, 5)] + [[(k, k + 1) for k in range(5)]]
 

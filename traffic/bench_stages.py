@@ -286,10 +286,10 @@ def run(s: Settings) -> dict:
     plans = {}
     configs = [Config("forward", None, "forward")]
     for name, m in [(CALIBRATION, calib)] + models:
-        p = plan.make(m, None, 2)
+        p = plan.make(m, None, 2, split=True)  # the planner's best cut, inside a layer if need be
         plans[name] = p
         configs.append(Config(name, m, "one_cpu", plan.auto_cuts(m)))
-        configs.append(Config(name, m, "two_cpus", [tuple(r["layers"]) for r in p["stages"]]))
+        configs.append(Config(name, m, "two_cpus", [plan.row_cut(r) for r in p["stages"]]))
     affinity = os.sched_getaffinity(0)
     prefix = s.netns_prefix or f"xdpnn-bench-{os.getpid()}"
     drops = CpumapDrops()
@@ -365,9 +365,9 @@ def document(s: Settings, configs: list[Config], plans: dict, frame_len: int,
                           med.get("next_ns", plan.NEXT_NS))
         one, two = by[(name, "one_cpu")], by[(name, "two_cpus")]
         entry = {"model": name, "calibration": name == CALIBRATION,
-                 "plan": {"stages": [r["layers"] for r in p["stages"]], "stage_ns": stage_ns,
+                 "plan": {"stages": [plan.row_cut(r) for r in p["stages"]], "stage_ns": stage_ns,
                           "costs": p["costs"], "per_cpu_ns": pred["per_cpu_ns"]},
-                 "one_cpu_stages": [list(x) for x in one.cuts] if one.cuts else None,
+                 "one_cpu_stages": [x.as_list() for x in one.cuts] if one.cuts else None,
                  "speedup": summary([b / a for a, b in zip(one.pps, two.pps)]),
                  "predicted_speedup": round(pred["pipelined"] / pred["one_cpu"], 3)}
         cap_one, cap_two = capacity(one), capacity(two)
@@ -424,7 +424,7 @@ def markdown(r: dict) -> str:
         for key, label in (("one_cpu", "one CPU"), ("two_cpus", "two CPUMAP stages, CPUs 0+1")):
             x = m[key]
             cuts = m["one_cpu_stages"] if key == "one_cpu" else m["plan"]["stages"]
-            st = " \\| ".join(f"{a}..{b - 1}" for a, b in cuts) if cuts else "one program"
+            st = stages.describe(cuts).replace("|", "\\|") if cuts else "one program"
             if key == "one_cpu" and cuts:
                 st += " (tail calls)"
             lost = (f"{x['lost']:,} ({x['cpumap_drops']:,}, {x['veth_drops']:,})"

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_WORDS 16 /* 1024 bits: trainer/model.py MAX_INPUT_BITS */
+#define MAX_WORDS 32 /* 2048 bits: trainer/model.py MAX_HIDDEN_UNITS */
 
 static inline int words(int bits) { return (bits + 63) / 64; }
 

@@ -34,7 +34,7 @@ VERSIONS = (VERSION, MULTIBIT_VERSION)
 MAX_INPUT_BITS = 1024
 MAX_HEADER_BITS = 256  # the headers-mode feature record is 32 bytes
 MAX_HIDDEN_LAYERS = 4
-MAX_HIDDEN_UNITS = 1024  # 1024x1024 is ~320K verified instructions, one stage
+MAX_HIDDEN_UNITS = 2048  # a 2048x2048 layer is over one program's budget: stages split it
 MAX_CLASSES = 64
 THRESHOLD_RANGE = (-(2**31), 2**31 - 1)
 SCALE_RANGE = (-(2**16), 2**16)
@@ -347,8 +347,8 @@ def _members(z: zipfile.ZipFile) -> dict[str, _Member]:
 
 def _largest(name: str) -> int:
     """Data bytes of the largest legal array of that name."""
-    if name[:1] == "w":
-        return MAX_HIDDEN_UNITS * MAX_INPUT_BITS // 8
+    if name[:1] == "w":  # the widest rows are a hidden layer's
+        return MAX_HIDDEN_UNITS * max(MAX_HIDDEN_UNITS, MAX_INPUT_BITS) // 8
     if name[:1] == "t":
         return 8 * MAX_HIDDEN_UNITS
     if name in ("out_scale", "out_bias"):
