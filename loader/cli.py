@@ -346,6 +346,7 @@ def rates(prev: dict, cur: dict) -> dict:
 
 def format_stats(s: dict, prev: dict | None) -> str:
     """Totals; with a forwarding peer, also each direction (by ingress interface)."""
+    from xdpnn.loader import stages
     r = rates(prev, s) if prev else None
     ns = f" (netns {s['netns']})" if s["netns"] else ""
     sides = s.get("ingress", {}) if len(s.get("ingress", {})) > 1 else {}
@@ -385,10 +386,10 @@ def format_stats(s: dict, prev: dict | None) -> str:
         lines.append(f"  model {k} ({m['shape']}) classes: {classes}; verdict: {verdicts}")
     if "stages" in s:
         st = s["stages"]
-        shown = " | ".join(f"layers {a}..{b - 1}" for a, b in st["layers"])
+        shown = stages.describe(st["layers"])
         if "stage" in st:  # a hop: this stage only
-            a, b = st["layers"][st["stage"]]
-            shown = f"hop stage {st['stage']} of {len(st['layers'])}, layers {a}..{b - 1}"
+            shown = (f"hop stage {st['stage']} of {len(st['layers'])}, "
+                     f"{stages.describe([st['layers'][st['stage']]])}")
         lines.append(f"  stages: {shown}; refused: " + ", ".join(f"{k} {v}" for k, v in st["errors"].items()))
     return "\n".join(lines)
 

@@ -83,6 +83,8 @@ class Cut(NamedTuple):
         first = f"{self.first}[{self.first_neuron}:]" if self.first_neuron else f"{self.first}"
         if self.first == self.end:
             return f"layer {self.first}[{self.first_neuron}:{self.end_neuron}]"
+        if self.end == self.first + 1 and not self.end_neuron:
+            return f"layer {first}"
         last = f"{self.end}[:{self.end_neuron}]" if self.end_neuron else f"{self.end - 1}"
         return f"layers {first}..{last}"
 

@@ -63,8 +63,10 @@ def chain_topology():
 
 
 def write_plan(path, out, hops):
-    """`xdpnn plan --stages 3 --hop ...` as a function: the model as read from its file."""
-    p = plan.make(datapath.load_model(str(path)), str(path), 3)
+    """`xdpnn plan --stages 3 --split --hop ...` as a function: the model as
+    read from its file; the cuts fall inside layers (and so the frames
+    carry the neurons done too)."""
+    p = plan.make(datapath.load_model(str(path)), str(path), 3, split=True)
     plan.place(p, hops)
     plan.save(p, out)
     return p
@@ -108,7 +110,9 @@ def test_deploy_places_each_stage(lfc_chain):
     """deploy attached stage s on hop s, its peer too, as the plan says."""
     t = lfc_chain
     rep = t.deployed
-    assert rep["chain"] == "hops" and rep["stages"] == [[0, 1], [1, 2], [2, 4]]
+    cuts = [plan.row_cut(r) for r in t.plan["stages"]]
+    assert all(len(c) == 4 for c in cuts[1:])  # each hop after the first begins inside a layer
+    assert rep["chain"] == "hops" and rep["stages"] == cuts
     assert [a["stage"] for a in rep["attached"]] == [0, 1, 2]
     assert [a["where"] for a in rep["attached"]] == t.places
     for ns, (a, b) in zip(t.hops, (("a0", "a1"), ("b0", "b1"), ("c0", "c1"))):
@@ -117,10 +121,11 @@ def test_deploy_places_each_stage(lfc_chain):
               json.loads(cli.xdpnn("-j", "status", check=True).stdout)}
     for s, (ns, iface) in enumerate(zip(t.hops, ("a0", "b0", "c0"))):
         r = status[(iface, ns)]
-        assert r["stage"] == s and r["stages"] == [[0, 1], [1, 2], [2, 4]]
+        assert r["stage"] == s and r["stages"] == cuts
         assert r["state"] == "attached"
     text = cli.xdpnn("status", check=True).stdout
-    assert "hop: stage 1 of 3 (layers 1..1), on the wire to stage 2 out of b1" in text
+    assert (f"hop: stage 1 of 3 ({stages.describe([cuts[1]])}), on the wire to stage 2 out "
+            "of b1") in text
 
 
 @pytest.mark.netns
@@ -191,11 +196,12 @@ def test_on_wire_format_through_the_pinned_hops(lfc_chain):
             frame = req
             for s in (0, 1):
                 verdict, _, frame = bpf_sys.test_run(progs[s], frame)
-                nxt = t.plan["stages"][s]["layers"][1]
-                grown = stages.carried(m.sizes[nxt], hop=True)
-                assert len(frame) == len(req) + grown == len(req) + 14 + 16 + 128
+                cut = stages.Cut(*plan.row_cut(t.plan["stages"][s]))
+                nxt, done = cut.end, cut.end_neuron
+                grown = stages.carried(m.sizes[nxt], hop=True, done=done)
+                assert len(frame) == len(req) + grown == len(req) + 14 + 16 + 128 + done // 8
                 assert frame[:12] == req[:12] and frame[12:14] == b"\x88\xb5"
-                assert frame[14:30] == struct.pack("<QII", d, nxt, m.sizes[nxt])
+                assert frame[14:30] == struct.pack("<QHHI", d, nxt, done // 64, m.sizes[nxt])
                 assert frame[grown:] == req
             before = compile.read_counters(counters[2])["class_packets"].copy()
             verdict, _, out = bpf_sys.test_run(progs[2], frame)
@@ -214,17 +220,24 @@ def test_hop_refusals_on_the_wire(lfc_chain):
     on to the sink untouched (hop 2 does the same)."""
     t, m = lfc_chain, lfc_chain.model
     d = stages.digest(m)
-    words = np.random.default_rng(2).integers(0, 2**63, 16, dtype=np.uint64).astype("<u8")
+    # hop 1 begins inside a layer: it takes that layer's input and the neurons done
+    first = stages.Cut(*plan.row_cut(t.plan["stages"][1]))
+    layer, group = first.first, first.first_neuron // 64
+    words = np.random.default_rng(2).integers(0, 2**63, 16 + group,
+                                              dtype=np.uint64).astype("<u8").tobytes()
     req = packets.request(bytes(98), DEFAULT_PORT)
     outer = req[:12] + struct.pack("!H", stages.ETHERTYPE)
 
-    def carrying(dig, layer, nbits, w=words.tobytes()):
-        return outer + struct.pack("<QII", dig, layer, nbits) + w + req
+    def carrying(dig, layer, nbits, group=group, w=words):
+        return outer + struct.pack("<QHHI", dig, layer, group, nbits) + w + req
 
-    crafted = {"bad_digest": carrying(d ^ 1, 1, 1024), "bad_layer": carrying(d, 2, 1024),
-               "bad_bits": carrying(d, 1, 1000),
-               # the header says 1024 activations (128 bytes): 40 are there
-               "truncated": outer + struct.pack("<QII", d, 1, 1024) + words.tobytes()[:40]}
+    crafted = {"bad_digest": carrying(d ^ 1, layer, 1024),
+               "bad_layer": carrying(d, layer + 1, 1024),
+               "bad_bits": carrying(d, layer, 1000),
+               # the header says 1024 activations (128 bytes) and the done words: 40 are there
+               "truncated": outer + struct.pack("<QHHI", d, layer, group, 1024) + words[:40]}
+    # the right layer, but not the group this hop begins at
+    crafted["bad_layer "] = carrying(d, layer, 1024, group + 1)
     plain = packets.request(bytes(range(98)), DEFAULT_PORT)
     with Capture(t.sink, "s0") as cap:
         for reason, frame in crafted.items():
@@ -239,6 +252,7 @@ def test_hop_refusals_on_the_wire(lfc_chain):
                 time.sleep(0.05)
             errs = {k: after["stages"]["errors"][k] - before["stages"]["errors"][k]
                     for k in stages.ERRORS}
+            reason = reason.strip()
             assert errs == {**{k: 0 for k in stages.ERRORS}, reason: 3}, reason
             assert after["verdict"]["drop"] - before["verdict"]["drop"] == 3, reason
             result = "truncated" if reason == "truncated" else "malformed"
