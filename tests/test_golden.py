@@ -33,9 +33,10 @@ GOLDEN = [
     ([200, 64, 32, 16, 6], "payload", 3000),     # three hidden layers
     ([300, 128, 64, 32, 16, 8], "payload", 3000),  # four hidden layers
     ([256, 64, 64], "payload", 3000),            # 64 classes
-    ([64, 33, 34, 2], "payload", 3000),          # the codegen switches method (layout.py):
-    ([64, 66, 67, 2], "payload", 3000),          # horizontal, then vertical (test_methods.py)
-    ([64, 25, 2], "payload", 3000),              # the fewest neurons that go vertical-32
+    # The codegen's switch points (layout.py, test_methods.py), both sides:
+    ([64, 33, 31, 2], "payload", 3000),          # one group: fewest vertical, most horizontal
+    ([64, 65, 66, 2], "payload", 3000),          # two groups: most horizontal, fewest vertical
+    ([64, 32, 2], "payload", 3000),              # the one count that goes vertical-32
     ([1024, 512, 512, 10], "payload", 3000),
     ([1024, 512, 512, 512, 512, 64], "payload", 3000),  # every limit at once
     ([256, 32, 16, 4], "headers", 3000),
