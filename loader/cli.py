@@ -1356,7 +1356,8 @@ docs/benchmarks.md explains every figure.""", options=[
     arg("--no-scaling", action="store_true",
         help="skip the 1-CPU against 2-CPU trials (run where there are 2 CPUs or more)"),
     arg("--netns-prefix", metavar="NAME",
-        help="prefix of the namespaces the bench makes (xdpnn-bench-<pid>)"),
+        help="prefix of the namespaces the bench makes, any section (xdpnn-bench-<pid>; "
+             "--serving xdpnn-serving-<pid>)"),
     arg("--out", metavar="DIR", help="results directory (results/bench-<time>)"),
 ])
 def cmd_bench(args):
