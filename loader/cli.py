@@ -420,11 +420,13 @@ def cmd_flows(args):
 
 @command("swap", "replace a model with another of the same shape, in place", """
   sudo xdpnn swap veth0 --model retrained.npz
-  sudo xdpnn -n srv swap s0 --model digits-v2.npz --id 1      an added model""", options=[
+  sudo xdpnn -n srv swap s0 --model digits-v2.npz --id 1      an added model
+  sudo xdpnn swap veth0 --model dns-v2.npz --id 2             by port, actions by class""", options=[
     arg("iface", type=IFNAME),
     arg("--model", required=True, metavar="FILE"),
     arg("--id", type=MODEL_ID, default=0,
-        help="serving: the model id to replace (0, the attached model, by default)"),
+        help="the model id to replace: an added model (`model add`), served or chosen by "
+             "port; 0, the attached model, by default"),
 ])
 def cmd_swap(args):
     from xdpnn.loader import datapath
@@ -1362,7 +1364,8 @@ docs/benchmarks.md explains every figure.""", options=[
     arg("--no-scaling", action="store_true",
         help="skip the 1-CPU against 2-CPU trials (run where there are 2 CPUs or more)"),
     arg("--netns-prefix", metavar="NAME",
-        help="prefix of the namespaces the bench makes (xdpnn-bench-<pid>)"),
+        help="prefix of the namespaces the bench makes, any section (xdpnn-bench-<pid>; "
+             "--serving xdpnn-serving-<pid>)"),
     arg("--out", metavar="DIR", help="results directory (results/bench-<time>)"),
 ])
 def cmd_bench(args):

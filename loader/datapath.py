@@ -698,11 +698,16 @@ def swap(iface: str, ns: str | None, model_path: str, model_id: int = 0) -> dict
                              f"{_bits_text(*new_bits)}); {which} "
                              f"is {old['shape']} ({mode}, {_bits_text(*old_bits)}): "
                              + ("remove and add it" if model_id else "detach and attach"))
+        # Actions go by position, as the kernel's nn_config holds them: class
+        # k of the new model takes class k's action, under its own name.
         if model_id:
-            rec["models"][str(model_id)] = {**old, **model_summary(new, model_path)}
+            entry = {**old, **model_summary(new, model_path)}
+            if "actions" in old:  # chosen by port; a served model answers every request
+                entry["actions"] = dict(zip(new.classes, old["actions"].values()))
+            rec["models"][str(model_id)] = entry
         else:
             rec["model"] = model_summary(new, model_path)
-            rec["actions"] = {c: a for c, a in zip(new.classes, rec["actions"].values())}
+            rec["actions"] = dict(zip(new.classes, rec["actions"].values()))
         record = encode_record(rec)
         with ExitStack() as fds:
             old_fd = bpf_sys.map_fd_by_id(compile.model_map_id(outer))

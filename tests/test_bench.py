@@ -162,6 +162,44 @@ def test_bench_serving_writes_every_documented_key(tmp_path):
     assert "| XDP (attach --serve) |" in (out / "bench.md").read_text()
 
 
+@pytest.mark.parametrize("section", [[], ["--serving"], ["--stages"]])
+def test_a_bad_netns_prefix_is_one_line_for_every_section(tmp_path, section):
+    """Checked before any section starts: nothing made, nothing measured."""
+    r = xdpnn("bench", *section, "--quick", "--netns-prefix", "s12/x", "--out", tmp_path / "o")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--netns-prefix 's12/x'" in lines[0], r.stderr
+    assert not (tmp_path / "o").exists()
+    long = "x" * 251  # 255 bytes with -cli, 256 with -sink: too long for forwarding's names
+    r = xdpnn("bench", *section, "--netns-prefix", long, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "--netns-prefix" in r.stderr, r.stderr
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_bench_serving_uses_the_netns_prefix(tmp_path):
+    """The serving section's client-server pair is <prefix>-cli and -srv,
+    seen in /run/netns while it runs, and gone after."""
+    import threading
+    import time
+    prefix = f"s12x-{os.getpid()}"
+    done: list = []
+    run = threading.Thread(target=lambda: done.append(xdpnn(
+        "-j", "bench", "--serving", "--quick", "--trials", "1", "--seconds", "0.2",
+        "--shape", "256-32-16-2", "--netns-prefix", prefix, "--out", tmp_path)))
+    run.start()
+    seen: set = set()
+    while run.is_alive():
+        seen |= {p.name for p in Path("/run/netns").glob(f"{prefix}-*")}
+        time.sleep(0.05)
+    run.join()
+    assert done[0].returncode == 0, done[0].stderr
+    assert seen == {f"{prefix}-cli", f"{prefix}-srv"}, seen
+    assert f"bench serving: {prefix}-cli [c0] <-> [s0] {prefix}-srv" in done[0].stderr
+    assert json.loads(done[0].stdout)["serving"]["shape"] == "256-32-16-2"
+    assert not list(Path("/run/netns").glob(f"{prefix}-*"))
+
+
 STAGES_MODEL_KEYS = {"model", "calibration", "plan", "one_cpu_stages", "speedup",
                      "speedup_cpu_time", "predicted_speedup", "one_cpu", "two_cpus"}
 STAGES_RUN_KEYS = {"pps", "sent", "counted", "received", "lost", "cpumap_drops", "veth_drops",

@@ -122,3 +122,46 @@ def test_a_port_goes_to_its_model_with_its_actions_until_removed(veth_pair, tmp_
         assert not [n for n in os.listdir(f"/sys/fs/bpf/xdpnn/xv1@{ns}") if n.startswith("model")]
     finally:
         xdpnn("-n", ns, "detach", "xv1", check=True)
+
+
+def test_a_swapped_port_model_takes_its_actions_by_position(veth_pair, tmp_path):
+    """`xdpnn swap --id N` of a model chosen by port, for one whose classes
+    have other names: class k keeps class k's action (the kernel's nn_config
+    of that model is by position), and status, model list and stats name
+    the new classes."""
+    ns = veth_pair
+    attached = random_model([256, 16, 4], seed=21, mode="headers")
+    old = random_model([128, 32, 3], seed=22, mode="headers")
+    new = random_model([128, 32, 3], seed=23, mode="headers")
+    new.classes = ["web", "mail", "dns"]
+    paths = {"a": tmp_path / "a.npz", "old": tmp_path / "old.npz", "new": tmp_path / "new.npz"}
+    for m, p in ((attached, paths["a"]), (old, paths["old"]), (new, paths["new"])):
+        m.save(p)
+    xdpnn("-n", ns, "attach", "xv1", "--model", paths["a"], "--action", "1=drop", check=True)
+    try:
+        xdpnn("-n", ns, "model", "add", "xv1", "--model", paths["old"], "--id", "2", "--port",
+              str(PORT), "--action", "0=drop", "--action", "2=drop", check=True)
+        r = json.loads(xdpnn("-n", ns, "-j", "swap", "xv1", "--id", "2", "--model", paths["new"],
+                             check=True).stdout)
+        assert r["models"]["2"]["actions"] == {"web": "drop", "mail": "count", "dns": "drop"}
+        assert r["actions"] == {"class0": "count", "class1": "drop", "class2": "count",
+                                "class3": "count"}  # the attached model's, untouched
+        status = xdpnn("-n", ns, "status", check=True).stdout
+        assert f"packets to port {PORT}; actions: web=drop, dns=drop" in status, status
+        rows = json.loads(xdpnn("-n", ns, "-j", "model", "list", "xv1", check=True).stdout)
+        assert rows[1]["classes"] == new.classes and rows[1]["path"] == str(paths["new"])
+        assert rows[1]["actions"] == r["models"]["2"]["actions"]
+        stats = json.loads(xdpnn("-n", ns, "-j", "stats", "xv1", check=True).stdout)
+        assert list(stats["models"]["2"]["classes"]) == new.classes
+
+        # The kernel: the new model's classes 0 and 2 dropped on the port,
+        # the attached model's class 1 elsewhere.
+        test = frames(3000, seed=3)
+        to_port = np.array([dport(f) == PORT for f in test])
+        ca, cn = classes(attached, test), classes(new, test)
+        assert len(set(cn[to_port])) == 3
+        want = np.where(to_port, cn != 1, ca == 1)
+        got = verdicts(ns, test) == DROP
+        assert (got == want).all(), f"{(got != want).sum()} of {len(test)} verdicts differ"
+    finally:
+        xdpnn("-n", ns, "detach", "xv1", check=True)

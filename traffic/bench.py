@@ -387,29 +387,43 @@ def inference_figures(name: str, xdp: list[float], runners: dict, ns: dict) -> d
             "xdp_over_fastest": summary([x / b for x, b in zip(xdp, ns[best])])}
 
 
+# The suffixes every section adds to --netns-prefix (traffic/topology.py):
+# forwarding and --stages make -gen, -dut and -sink, --serving -cli and -srv.
+NETNS_SUFFIXES = ("-gen", "-dut", "-sink", "-cli", "-srv")
+
+
+def netns_prefix(prefix: str | None) -> str | None:
+    """--netns-prefix checked once for every section, before anything is made:
+    each name a section makes from it must be a valid namespace name."""
+    if not prefix:
+        return None
+    try:
+        for suffix in NETNS_SUFFIXES:
+            check_netns_name(prefix + suffix)
+    except UsageError as e:
+        raise UsageError(f"bench: --netns-prefix {prefix!r}: {e}") from None
+    return prefix
+
+
 def command(args) -> None:
     """`xdpnn bench`: measure, write the results directory, print the tables."""
     import json
 
     from xdpnn.traffic import bench_report
+    prefix = netns_prefix(args.netns_prefix)
     if getattr(args, "serving", False):
         from xdpnn.traffic import bench_serving
-        return bench_serving.command(args, progress)
+        return bench_serving.command(args, progress, prefix)
     if getattr(args, "stages", False):
         from xdpnn.traffic import bench_stages
-        return bench_stages.command(args, progress)
+        return bench_stages.command(args, progress, prefix)
     s = Settings.quick() if args.quick else Settings()
     if args.shape:
         s.shapes = args.shape
     s.model_files = args.model
     s.napi = args.napi
     s.scaling = not args.no_scaling
-    if args.netns_prefix:
-        try:
-            check_netns_name(f"{args.netns_prefix}-sink")  # the longest name made from it
-        except UsageError as e:
-            raise UsageError(f"bench: --netns-prefix {args.netns_prefix!r}: {e}") from None
-        s.netns_prefix = args.netns_prefix
+    s.netns_prefix = prefix or ""
     if args.trials is not None:
         s.trials = args.trials
     if args.seconds is not None:

@@ -33,7 +33,6 @@ from xdpnn.bpf.shared import DEFINES
 from xdpnn.loader import compile, plan, stages
 from xdpnn.loader.compile import captured_stderr, import_bcc
 from xdpnn.loader.errors import UsageError
-from xdpnn.loader.netns import check_netns_name
 from xdpnn.trainer import reference
 from xdpnn.trainer.model import Model, random_model
 from xdpnn.traffic import bench, forwarder, livegen, packets
@@ -460,7 +459,7 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def command(args, progress_fn=progress) -> None:
+def command(args, progress_fn=progress, prefix: str | None = None) -> None:
     s = Settings.quick() if args.quick else Settings()
     if args.shape:
         s.shapes = args.shape
@@ -470,12 +469,7 @@ def command(args, progress_fn=progress) -> None:
         s.trials = args.trials
     if args.seconds is not None:
         s.trial_seconds = args.seconds
-    if args.netns_prefix:
-        try:
-            check_netns_name(f"{args.netns_prefix}-sink")
-        except UsageError as e:
-            raise UsageError(f"bench: --netns-prefix {args.netns_prefix!r}: {e}") from None
-        s.netns_prefix = args.netns_prefix
+    s.netns_prefix = prefix or ""  # checked by bench.netns_prefix
     out_dir = Path(args.out or time.strftime("results/bench-stages-%Y%m%d-%H%M%S"))
     result = run(s)
     out_dir.mkdir(parents=True, exist_ok=True)
