@@ -165,6 +165,12 @@ struct nn_serve_counters {
  * EtherType (IEEE 802 local experimental 1) in front of the stage header. */
 #define NN_STAGE_ETHERTYPE 0x88B5
 #define NN_STAGE_OUTER 14     /* that outer Ethernet header's bytes */
+/* Bytes a stage may put in front of a frame: XDP frames on veth, CPUMAP
+ * and test runs have 256 bytes of headroom, of which struct xdp_frame
+ * takes 40 (bpf_xdp_adjust_head refuses to go below it); 24 are left for
+ * XDP metadata.  A cut whose hand-off needs more runs by tail calls only
+ * (loader/plan.py keeps packet-carried cuts within it). */
+#define NN_STAGE_ROOM 192
 
 /* Why a stage refused or lost a packet (nn_stage_err, per CPU). */
 enum nn_stage_error {

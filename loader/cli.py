@@ -734,7 +734,7 @@ def cmd_plan(args):
                          + ("groups of 64 neurons and layers" if args.split else "layers")
                          + ", at most one stage each")
     p = plan.make(model, args.model, args.stages, measured=args.measure, mtu=args.mtu,
-                  split=args.split)
+                  split=args.split, carry="hops" if args.hop else "cpumap" if args.cpus else None)
     plan.place(p, args.hop, args.at, args.cpus)
     if args.out:
         plan.save(p, args.out)

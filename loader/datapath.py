@@ -193,6 +193,8 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
                          "payload and headers models, not flow mode (docs/partitioning.md)")
     if stage is not None:
         check_hop(stage, cuts, plan_path, peer, cpus, acts, serve)
+        from xdpnn.loader import stages
+        stages.check_room(model, cuts, hop=True)
     if cpus is not None:
         from xdpnn.loader import stages
         if not cuts or len(cuts) < 2:
@@ -205,6 +207,7 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
         if xdp_mode != "native":
             raise UsageError("--cpus: CPUMAP chaining needs --xdp-mode native")
         cpus = stages.check_cpus(cpus, len(cuts))
+        stages.check_room(model, cuts, hop=False)
     ensure_bpffs()
     with writer_lock(iface, ns):
         return _attach(iface, model, model_path, peer, port, acts, xdp_mode, ns, serve,

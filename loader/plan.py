@@ -38,17 +38,19 @@ REQUEST_HEADERS = 14 + 20 + 8
 # NEXT_NS, what a later stage's CPU spends per frame beside its layers
 # (the CPUMAP kthread: dequeue, the activations cut off, forwarding, and
 # on veth the receiver's NAPI too).
-PATH_NS = 420.0
-HANDOFF_NS = 210.0
-NEXT_NS = 680.0
+PATH_NS = 303.0
+HANDOFF_NS = 245.0
+NEXT_NS = 497.0
 FORMAT = "xdpnn-plan"
 
 
 def min_max_cut(costs: list[float], n: int, insns: list[float] | None = None,
-                budget: float | None = None) -> tuple[float, list[tuple[int, int]]]:
+                budget: float | None = None,
+                allowed: list[bool] | None = None) -> tuple[float, list[tuple[int, int]]]:
     """The cut of layers 0..len(costs)-1 into n contiguous non-empty stages
     that minimizes the largest stage cost, with every stage's instructions
-    (the sum of its layers' insns) at most budget.  Ties go to the cut whose
+    (the sum of its layers' insns) at most budget, and (allowed) a stage
+    ending before layer j only where allowed[j].  Ties go to the cut whose
     stages end earliest.  ValueError when none exists."""
     L = len(costs)
     if not 1 <= n <= L:
@@ -65,6 +67,8 @@ def min_max_cut(costs: list[float], n: int, insns: list[float] | None = None,
     best[0][0] = 0.0
     for k in range(1, n + 1):
         for j in range(k, L + 1):
+            if j < L and allowed is not None and not allowed[j]:
+                continue
             for i in range(k - 1, j):
                 if best[k - 1][i] == math.inf or not fits(i, j):
                     continue
@@ -73,7 +77,9 @@ def min_max_cut(costs: list[float], n: int, insns: list[float] | None = None,
                     best[k][j], back[k][j] = v, i
     if best[n][L] == math.inf:
         raise ValueError(f"no cut into {n} stages keeps every stage within {budget:,.0f} "
-                         "predicted instructions")
+                         "predicted instructions"
+                         + (f" and every hand-off within {stages.ROOM} bytes in front of the "
+                            "frame" if allowed is not None else ""))
     cuts, j = [], L
     for k in range(n, 0, -1):
         i = back[k][j]
@@ -113,10 +119,15 @@ def units(sizes: list[int], ns: list[float], insns: list[float], split: bool,
 
 
 def cut_units(sizes: list[int], ns: list[float], insns: list[float], n: int,
-              split: bool, multibit: bool = False) -> tuple[float, list[stages.Cut]]:
-    """min_max_cut over units(), as stage cuts; ValueError when none fits."""
+              split: bool, multibit: bool = False,
+              carry: str | None = None) -> tuple[float, list[stages.Cut]]:
+    """min_max_cut over units(), as stage cuts; ValueError when none fits.
+    carry ("cpumap" or "hops"): the activations travel in front of the
+    frame, so only cuts whose hand-off fits stages.ROOM bytes."""
     where, u_ns, u_insns = units(sizes, ns, insns, split, multibit)
-    slowest, parts = min_max_cut(u_ns, n, u_insns, BUDGET)
+    allowed = None if carry is None else [
+        stages.carried(sizes[l], carry == "hops", neuron) <= stages.ROOM for l, neuron in where]
+    slowest, parts = min_max_cut(u_ns, n, u_insns, BUDGET, allowed)
     point = where + [(len(ns), 0)]
     return slowest, [stages.Cut(point[a][0], point[b][0], point[a][1], point[b][1])
                      for a, b in parts]
@@ -198,13 +209,15 @@ def frame_bytes(model: Model, bits: int, done: int = 0) -> int:
 
 
 def make(model: Model, path: str | None, n: int, measured: bool = False, mtu: int = 1500,
-         methods=None, split: bool = False) -> dict:
+         methods=None, split: bool = False, carry: str | None = None) -> dict:
     """The plan: n stages cut for the fastest slowest stage; split: cuts
-    may fall inside hidden layers."""
+    may fall inside hidden layers; carry ("cpumap", "hops"): the chain
+    carries the activations in the frame (cut_units)."""
     ns, insns = predicted_layers(model.sizes, methods)
     costs = measure(model) if measured else ns
     try:
-        slowest, cuts = cut_units(model.sizes, costs, insns, n, split, model.input_bits > 1)
+        slowest, cuts = cut_units(model.sizes, costs, insns, n, split, model.input_bits > 1,
+                                  carry)
     except ValueError as e:
         raise UsageError(f"--stages {n}: model {model.shape}: {e}") from None
     where, u_costs, u_insns = units(model.sizes, costs, insns, split, model.input_bits > 1)

@@ -33,6 +33,7 @@ ERRORS = python_names(ENUMS["nn_stage_error"])
 HEADER = DEFINES["NN_STAGE_HEADER"]
 ETHERTYPE = DEFINES["NN_STAGE_ETHERTYPE"]  # of a carrying frame between hops
 OUTER = DEFINES["NN_STAGE_OUTER"]          # its outer Ethernet header
+ROOM = DEFINES["NN_STAGE_ROOM"]            # bytes a stage may put in front of a frame
 SLOTS = DEFINES["NN_STAGE_SLOTS"]
 MAX_WORDS = DEFINES["NN_STAGE_MAX_WORDS"]
 GROUP = 64  # a cut inside a layer falls between groups of this many neurons
@@ -155,10 +156,23 @@ def build_hop(model: Model, cuts, stage: int, record_input: bool = False) -> com
         raise UsageError(f"model {model.shape}: stages run payload and headers models "
                          f"({model.mode} mode is one program)")
     check_split(model, cuts)
+    check_room(model, cuts, hop=True)
     return compile.build(model, record_input=record_input,
                          defines=flags(model, stage, cuts[stage], hop=True),
                          extra_maps=("nn_stage", "nn_stage_err"),
                          what=f"model {model.shape} hop stage {stage} ({cuts[stage].describe()})")
+
+
+def check_room(model: Model, cuts: list[Cut], hop: bool) -> None:
+    """Packet-carried hand-offs fit in front of the frame (ROOM bytes)."""
+    for s, c in enumerate(cuts[:-1]):
+        need = carried(model.sizes[c.end], hop, c.end_neuron)
+        if need > ROOM:
+            raise UsageError(
+                f"model {model.shape} stage {s} ({c.describe()}) hands on {need} bytes in front "
+                f"of the frame; a {'hop' if hop else 'CPUMAP'} chain has room for {ROOM} "
+                "(docs/partitioning.md): plan with --cpus or --hop, which keeps the cuts "
+                "within it, or chain by tail calls")
 
 
 def check_split(model: Model, cuts: list[Cut]) -> None:
@@ -247,6 +261,8 @@ def build(model: Model, cuts, pin_dir: str, record_input: bool = False, methods=
         raise UsageError(f"model {model.shape}: served stages chain by tail calls: the last "
                          "stage replies with XDP_TX, which a CPUMAP program cannot")
     check_split(model, cuts)
+    if carry or cpus:
+        check_room(model, cuts, hop=False)
     shared = SHARED + (SERVE_SHARED if serve else ())
     if not re.fullmatch(r"[\w./@+-]+", pin_dir):
         raise UsageError(f"{pin_dir}: a stage pin folder of letters, digits and ._@+-/ only")

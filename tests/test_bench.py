@@ -231,7 +231,7 @@ def test_bench_stages_quick(tmp_path):
     for m in res["models"]:
         assert set(m) == STAGES_MODEL_KEYS
         sizes = [int(x) for x in m["model"].split("-")]
-        p = plan.make(random_model(sizes, seed=1), None, 2, split=True)
+        p = plan.make(random_model(sizes, seed=1), None, 2, split=True, carry="cpumap")
         assert m["plan"]["stages"] == [plan.row_cut(r) for r in p["stages"]]
         assert m["one_cpu_stages"] is None  # both fit one program
         for key in ("one_cpu", "two_cpus"):

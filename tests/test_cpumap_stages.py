@@ -136,6 +136,35 @@ def per_cpu_classes(fd):
     return out
 
 
+def one_by_one_through_cpu1(t, pdir, reqs, want):
+    """Sends reqs one at a time into g0 from CPU 0 (veth receives on the
+    sending CPU: stage 0 runs there); each must arrive intact at s0 and be
+    counted on CPU 1 (the last stage, by CPUMAP) under the reference's class."""
+    from xdpnn.loader.netns import netns
+
+    cfd = bpf_sys.get_pinned(f"{pdir}/nn_counters")
+    with netns(t.gen):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        tx.bind(("g0", 0))
+    affinity = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {0})
+        with Capture(t.sink, "s0") as cap:
+            deadline = time.monotonic() + 120
+            for i, f in enumerate(reqs):
+                assert time.monotonic() < deadline, f"only {i} frames in 120 s"
+                before = per_cpu_classes(cfd)
+                tx.send(f)
+                got = cap.collect(i + 1, max_seconds=2.0)
+                assert len(got) == i + 1 and got[i] == f, f"frame {i}"
+                diff = per_cpu_classes(cfd) - before
+                assert diff.sum() == 1 and diff[1, want[i]] == 1, f"frame {i}: {diff}"
+    finally:
+        os.sched_setaffinity(0, affinity)
+        tx.close()
+        os.close(cfd)
+
+
 @pytest.mark.netns
 @pytest.mark.skipif(len(stages.online_cpus()) < 2, reason="needs 2 CPUs")
 def test_cpumap_stages_real_frames(tmp_path):
@@ -143,14 +172,12 @@ def test_cpumap_stages_real_frames(tmp_path):
     by CPUMAP, forwarding to d1) -> sink: 2,000 requests one at a time, each
     arriving intact, counted on CPU 1 under the reference's class."""
     from test_netns import stats, topology
-    from xdpnn.loader.netns import netns
 
     m = random_model(SMALL, seed=9)
     m.save(tmp_path / "m.npz")
     plan.save(plan.make(m, None, 2), tmp_path / "p.json")
     bits, reqs = frames(m, 2000, seed=5)
     want = reference.predict(m, bits)
-    affinity = os.sched_getaffinity(0)
     with topology() as t:
         rec = json.loads(cli.xdpnn("-n", t.dut, "-j", "attach", "d0", "--peer", "d1", "--model",
                                    tmp_path / "m.npz", "--plan", tmp_path / "p.json",
@@ -158,32 +185,43 @@ def test_cpumap_stages_real_frames(tmp_path):
         assert rec["cpus"] == [1]
         pdir = f"/sys/fs/bpf/xdpnn/d0@{t.dut}"
         assert {"nn_cpus", "stage1_prog", "stage1_nn_model"} <= set(os.listdir(pdir))
-        cfd = bpf_sys.get_pinned(f"{pdir}/nn_counters")
-        with netns(t.gen):
-            tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            tx.bind(("g0", 0))
-        try:
-            os.sched_setaffinity(0, {0})  # veth receives on the sending CPU: stage 0 on 0
-            with Capture(t.sink, "s0") as cap:
-                deadline = time.monotonic() + 120
-                for i, f in enumerate(reqs):
-                    assert time.monotonic() < deadline, f"only {i} frames in 120 s"
-                    before = per_cpu_classes(cfd)
-                    tx.send(f)
-                    got = cap.collect(i + 1, max_seconds=2.0)
-                    assert len(got) == i + 1 and got[i] == f, f"frame {i}"
-                    diff = per_cpu_classes(cfd) - before
-                    assert diff.sum() == 1 and diff[1, want[i]] == 1, f"frame {i}: {diff}"
-        finally:
-            os.sched_setaffinity(0, affinity)
-            tx.close()
-            os.close(cfd)
+        one_by_one_through_cpu1(t, pdir, reqs, want)
         s = stats(t)
         assert list(s["classes"].values()) == np.bincount(want, minlength=5).tolist()
         assert s["input"]["classified"] == 2000 and s["verdict"]["redirect"] == 2000
         assert s["stages"]["errors"] == {k: 0 for k in stages.ERRORS}
         cli.xdpnn("-n", t.dut, "detach", "d0", check=True)
         assert not os.path.exists(pdir)
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(len(stages.online_cpus()) < 2, reason="needs 2 CPUs")
+def test_deploy_split_plan_on_two_cpus(tmp_path):
+    """`plan --split --at NS:d0:d1 --cpus 1`, then `deploy`: the two stages
+    (cut inside layer 0) on one interface, the second on CPU 1 by CPUMAP;
+    500 requests classified as the reference says; `undeploy` leaves
+    nothing."""
+    from test_netns import stats, topology, xdp_attached
+
+    m = random_model(WIDE, seed=3)
+    m.save(tmp_path / "m.npz")
+    bits, reqs = frames(m, 500, seed=6)
+    want = reference.predict(m, bits)
+    with topology() as t:
+        cli.xdpnn("plan", "--model", tmp_path / "m.npz", "--stages", "2", "--split", "--at",
+                  f"{t.dut}:d0:d1", "--cpus", "1", "--out", tmp_path / "p.json", check=True)
+        rep = json.loads(cli.xdpnn("-j", "deploy", tmp_path / "p.json", check=True).stdout)
+        assert rep["chain"] == "cpumap" and len(rep["stages"]) == 2
+        assert rep["stages"][0][:2] == [0, 0] and rep["stages"][0][3] > 0  # inside layer 0
+        text = cli.xdpnn("status", check=True).stdout
+        assert f"2 stages (CPUMAP, stages 1.. on CPUs 1): {stages.describe(rep['stages'])}" in text
+        pdir = f"/sys/fs/bpf/xdpnn/d0@{t.dut}"
+        one_by_one_through_cpu1(t, pdir, reqs, want)
+        s = stats(t)
+        assert s["input"]["classified"] == 500 and s["verdict"]["redirect"] == 500
+        assert s["stages"]["errors"] == {k: 0 for k in stages.ERRORS}
+        cli.xdpnn("undeploy", tmp_path / "p.json", check=True)
+        assert not os.path.exists(pdir) and not xdp_attached(t.dut, "d0")
 
 
 def test_cpus_refusals(tmp_path):

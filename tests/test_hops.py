@@ -66,7 +66,7 @@ def write_plan(path, out, hops):
     """`xdpnn plan --stages 3 --split --hop ...` as a function: the model as
     read from its file; the cuts fall inside layers (and so the frames
     carry the neurons done too)."""
-    p = plan.make(datapath.load_model(str(path)), str(path), 3, split=True)
+    p = plan.make(datapath.load_model(str(path)), str(path), 3, split=True, carry="hops")
     plan.place(p, hops)
     plan.save(p, out)
     return p

@@ -101,6 +101,26 @@ def test_split_units_and_cuts():
     assert plan.units([64, 100, 5], [1, 1], [1, 1], True, multibit=True)[0] == [(0, 0), (1, 0)]
 
 
+def test_carried_cuts_fit_in_front_of_the_frame(tmp_path):
+    """A CPUMAP or hop chain carries the hand-off in the frame's headroom:
+    plans for them keep it within stages.ROOM bytes, and a cut over it is
+    refused before anything is built (one line, exit 2)."""
+    m = random_model(LFC, seed=1)
+    free = [stages.Cut(*plan.row_cut(r)) for r in plan.make(m, None, 2, split=True)["stages"]]
+    with pytest.raises(UsageError, match=f"room for {stages.ROOM}"):
+        stages.check_room(m, free, hop=False)  # the tail-call cut is not one for CPUMAP
+    for carry, hop in (("cpumap", False), ("hops", True)):
+        p = plan.make(m, None, 2, split=True, carry=carry)
+        cuts = [stages.Cut(*plan.row_cut(r)) for r in p["stages"]]
+        stages.check_room(m, cuts, hop)
+        assert cuts[0].end_neuron and stages.carried(1024, hop, cuts[0].end_neuron + 64) > stages.ROOM
+    m.save(tmp_path / "m.npz")
+    plan.save(plan.make(m, None, 2, split=True), tmp_path / "p.json")
+    r = cli.xdpnn("attach", "nosuch0", "--model", tmp_path / "m.npz", "--plan",
+                  tmp_path / "p.json", "--cpus", "1", check=False)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "room for" in r.stderr
+
+
 @pytest.mark.parametrize("cuts,why", [
     ([[0, 0, 0, 100], [0, 3, 100, 0]], "multiple of 64"),     # not between groups
     ([[0, 0, 0, 256], [0, 3, 256, 0]], "multiple of 64"),     # past the layer's neurons

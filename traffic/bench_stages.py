@@ -285,7 +285,8 @@ def run(s: Settings) -> dict:
     plans = {}
     configs = [Config("forward", None, "forward")]
     for name, m in [(CALIBRATION, calib)] + models:
-        p = plan.make(m, None, 2, split=True)  # the planner's best cut, inside a layer if need be
+        # the planner's best cut for CPUMAP, inside a layer if need be
+        p = plan.make(m, None, 2, split=True, carry="cpumap")
         plans[name] = p
         configs.append(Config(name, m, "one_cpu", plan.auto_cuts(m)))
         configs.append(Config(name, m, "two_cpus", [plan.row_cut(r) for r in p["stages"]]))
@@ -301,7 +302,7 @@ def run(s: Settings) -> dict:
             try:
                 for c in configs:
                     progress(f"  compile {c.name} {c.mode}"
-                             + (f" (stages {c.cuts})" if c.cuts else ""))
+                             + (f" (stages {stages.describe(c.cuts)})" if c.cuts else ""))
                     build(c, t)
                 os.sched_setaffinity(0, {RX_CPU})  # veth receives on the sending CPU
                 soft = (ksoftirqd(RX_CPU), ksoftirqd(NEXT_CPU))

@@ -20,9 +20,9 @@ TIMEOUT=${XDPNN_VM_TIMEOUT:-5400}
 # header against the compiler, serving replies (checksums: the helper
 # differs between kernels), an added model behind a tail call (maps shared
 # by pin), the flow table, a model chosen by port, tail-call stages at
-# every layer boundary, CPUMAP stages (a program of expected attach type
-# BPF_XDP_CPUMAP), a multi-bit first layer, and the generators
-# (pktgen exists only here).  The host runs the whole suite.
+# every layer boundary and inside layers, CPUMAP stages (a program of
+# expected attach type BPF_XDP_CPUMAP), a multi-bit first layer, and the
+# generators (pktgen exists only here).  The host runs the whole suite.
 DEFAULT_ARGS="-q --durations=0 \
  'tests/test_golden.py::test_kernel_class_equals_reference[256-32-16-2-payload]' \
  'tests/test_golden.py::test_kernel_class_equals_reference[784-256-256-10-payload]' \
@@ -45,7 +45,8 @@ DEFAULT_ARGS="-q --durations=0 \
  tests/test_port_models.py::test_a_port_goes_to_its_model_with_its_actions_until_removed \
  'tests/test_stages.py::test_stages_bit_exact_at_every_boundary[0-1|1-2|2-3|3-4|4-5]' \
  tests/test_cpumap_stages.py::test_cpumap_stages_real_frames \
- 'tests/test_multibit.py::test_kernel_equals_reference[payload-shape0-signed-4]'"
+ 'tests/test_multibit.py::test_kernel_equals_reference[payload-shape0-signed-4]' \
+ 'tests/test_stages.py::test_split_stages_bit_exact[3 stages-vh]'"
 [ $# -gt 0 ] && ARGS=$(printf '%q ' "$@") || ARGS=$DEFAULT_ARGS
 
 case $ACCEL in auto|kvm|tcg) ;; *)
