@@ -109,12 +109,12 @@ def units(sizes: list[int], ns: list[float], insns: list[float], split: bool,
     out, u_ns, u_insns = [], [], []
     for l, (c, i) in enumerate(zip(ns, insns)):
         n_out = sizes[l + 1]
-        if not split or l == len(ns) - 1 or (l == 0 and multibit) or n_out <= stages.GROUP:
-            out.append((l, 0)), u_ns.append(c), u_insns.append(i)
-            continue
-        for start in range(0, n_out, stages.GROUP):
-            share = (min(n_out, start + stages.GROUP) - start) / n_out
-            out.append((l, start)), u_ns.append(c * share), u_insns.append(i * share)
+        whole = not split or l == len(ns) - 1 or (l == 0 and multibit) or n_out <= stages.GROUP
+        for start in [0] if whole else range(0, n_out, stages.GROUP):
+            share = 1.0 if whole else (min(n_out, start + stages.GROUP) - start) / n_out
+            out.append((l, start))
+            u_ns.append(c * share)
+            u_insns.append(i * share)
     return out, u_ns, u_insns
 
 

@@ -167,7 +167,7 @@ def broken(kind):
         del g.graph.quantization_annotation[:]
         return g
     if kind == "units":
-        return G.finn_streamlined([16, 1100, 3], 1)
+        return G.finn_streamlined([16, 2100, 3], 1)
     if kind == "sign-tie":
         return sign_tie()
     if kind == "constant-op":  # a hostile graph asks for a 16 TB constant
@@ -197,7 +197,7 @@ ERROR_CASES = [  # (kind, words the one-line error must hold)
     ("thresholds", ["(MultiThreshold)", "3 thresholds per channel"]),
     ("branch", ["used by 2 nodes", "only a chain"]),
     ("annotation", ["input 'input'", "no BIPOLAR or BINARY annotation"]),
-    ("units", ["(MatMul)", "layer 0 beyond the format's limits", "1..1024"]),
+    ("units", ["(MatMul)", "layer 0 beyond the format's limits", "1..2048"]),
     ("sign-tie", ["(Sign)", "at dot product 0", "Sign(0) is 0"]),
     ("constant-op", ["node 'bomb' (ConstantOfShape)", "unsupported op"]),
     ("operand-shape", ["node 'shift' (Add)", "operand 'rows' of shape (2, 8)"]),

@@ -114,7 +114,7 @@ MODEL_ERRORS = [
      "1025"),
     ("257 header inputs", unchecked([257, 4, 2], mode="headers"), "layers[0] (inputs)",
      "1..256 in headers mode", "257"),
-    ("1025 hidden units", unchecked([8, 4, 1025, 2]), "layers[2] (hidden)", "1..1024", "1025"),
+    ("2049 hidden units", unchecked([8, 4, 2049, 2]), "layers[2] (hidden)", "1..2048", "2049"),
     ("65 classes", unchecked([8, 4, 65]), "layers[2] (classes)", "2..64", "65"),
     ("1 class", unchecked([8, 4, 1]), "layers[2] (classes)", "2..64", "1"),
     ("input mode unknown", unchecked(SHAPE, input={"mode": "flows"}), "input.mode",

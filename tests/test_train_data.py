@@ -225,5 +225,5 @@ def test_cli_train_bad_data_exits_10(tmp_path):
 
 
 def test_cli_train_bad_shape_exits_2(tmp_path):
-    r = xdpnn("train", "--hidden", "1100", "--out", tmp_path / "m.npz")
-    assert r.returncode == 2 and "expected 1..1024" in r.stderr
+    r = xdpnn("train", "--hidden", "2100", "--out", tmp_path / "m.npz")
+    assert r.returncode == 2 and "expected 1..2048" in r.stderr
