@@ -108,7 +108,7 @@ _Static_assert(NN_MAX_WORDS <= NN_STAGE_MAX_WORDS, "activations must fit nn_stag
 /* Groups of 64 neurons of hidden layer l, and those this stage runs: from
  * NN_STAGE_FIRST_G in its first layer, up to NN_STAGE_END_G in layer
  * NN_STAGE_END (none when that is 0). */
-#define NN_STAGE_GROUPS(l) ((NN_STAGE_PASTE(NN_L, l, _OUT) + 63) / 64)
+#define NN_STAGE_GROUPS(l) NN_GROUPS(NN_STAGE_PASTE(NN_L, l, _OUT))
 #define NN_STAGE_LO(l) ((l) == NN_STAGE_FIRST ? NN_STAGE_FIRST_G : 0)
 #define NN_STAGE_HI(l) ((l) == NN_STAGE_END ? NN_STAGE_END_G : NN_STAGE_GROUPS(l))
 #define NN_STAGE_RUNS(l)                                                                \

@@ -191,12 +191,11 @@ def attach(iface: str, model_path: str, peer: str | None = None, input_mode: str
     if cuts and len(cuts) > 1 and model.mode == "flow":
         raise UsageError(f"model {model.shape} runs as {len(cuts)} stages, and stages run "
                          "payload and headers models, not flow mode (docs/partitioning.md)")
+    from xdpnn.loader import stages
     if stage is not None:
         check_hop(stage, cuts, plan_path, peer, cpus, acts, serve)
-        from xdpnn.loader import stages
         stages.check_room(model, cuts, hop=True)
     if cpus is not None:
-        from xdpnn.loader import stages
         if not cuts or len(cuts) < 2:
             raise UsageError(f"--cpus: model {model.shape} runs as one program; give a "
                              "--plan of 2 or more stages to spread it over CPUs")

@@ -340,15 +340,11 @@ def read_errors(fd: int) -> dict[str, int]:
 
 
 def write_act(fd: int, slot: int, digest_value: int, next_layer: int, bits: int,
-              words: np.ndarray | None = None, next_group: int = 0,
-              done: np.ndarray | None = None) -> None:
-    """Writes one nn_stage entry (struct nn_stage_act) on every CPU (tests,
-    --measure)."""
-    w = np.zeros(2 * MAX_WORDS, "<u8")
+              words: np.ndarray | None = None) -> None:
+    """Writes one nn_stage entry (struct nn_stage_act: a whole layer's input,
+    next_group 0, no done words) on every CPU (tests, --measure)."""
+    w = np.zeros(2 * MAX_WORDS, "<u8")  # w, then done
     if words is not None:
         w[:len(words)] = words
-    if done is not None:
-        w[MAX_WORDS:MAX_WORDS + len(done)] = done
-    value = (digest_value.to_bytes(8, "little") + next_layer.to_bytes(2, "little")
-             + next_group.to_bytes(2, "little") + bits.to_bytes(4, "little") + w.tobytes())
+    value = struct.pack("<QHHI", digest_value, next_layer, 0, bits) + w.tobytes()
     bpf_sys.map_update(fd, slot, value * bpf_sys.possible_cpus(), "nn_stage")

@@ -38,7 +38,7 @@ GOLDEN = [
     ([64, 65, 66, 2], "payload", 3000),          # two groups: most horizontal, fewest vertical
     ([64, 32, 2], "payload", 3000),              # the one count that goes vertical-32
     ([1024, 512, 512, 10], "payload", 3000),
-    ([1024, 512, 512, 512, 512, 64], "payload", 3000),  # every limit at once
+    ([1024, 512, 512, 512, 512, 64], "payload", 3000),  # widest input, 4 layers, 64 classes
     ([256, 32, 16, 4], "headers", 3000),
     ([100, 7, 3], "headers", 3000),
     ([256, 64, 32, 16, 8, 64], "headers", 3000),

@@ -118,7 +118,7 @@ FORCED = [
     ([300, 128, 64, 32, 16, 8], "vvvv", 3000),      # four hidden layers
     ([300, 128, 64, 32, 16, 8], "hvhv", 3000),
     ([1024, 512, 512, 10], "vv", 3000),
-    ([1024, 512, 512, 512, 512, 64], "vvvv", 2000),  # every limit at once
+    ([1024, 512, 512, 512, 512, 64], "vvvv", 2000),  # the widest input, 4 layers, 64 classes
     # 32-bit lanes ("w", at most 32 neurons)
     ([256, 32, 16, 2], "wh", 3000),
     ([256, 32, 16, 2], "ww", 3000),
